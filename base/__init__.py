@@ -1,0 +1,1 @@
+"""Abstract base classes: trainer, data loader, model."""

@@ -1,0 +1,442 @@
+"""BaseTrainer: owns the training loop; subclasses implement one epoch.
+
+What a subclass may assume after ``__init__``: ``self.model`` (on ``self.device``, wrapped in
+DistributedDataParallel under torchrun; ``self.raw_model`` is the bare module), ``self.data_loader`` and
+``self.valid_loader`` (None when the data loader holds nothing back), ``self.criterion``,
+``self.metrics``, ``self.optimizer``, ``self.lr_scheduler`` (each None when the config has no such
+section), ``self.logger`` and ``self.writer`` (TensorBoard, a no-op off rank 0).
+
+A subclass implements ``_train_epoch(epoch) -> dict`` and usually ``evaluate(loader) -> dict``; the base
+validates with ``evaluate`` each epoch, prefixes the keys with ``val_``, steps the scheduler, tracks the
+monitored value, writes checkpoints, stops early, and resumes exactly. Components are built by the
+``build_*`` methods, which a subclass overrides when it needs something else (param groups, a second
+model). Constructing a trainer writes nothing to disk; :meth:`train` does, after
+``config.prepare_run_dirs()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from base.base_data_loader import BaseDataLoader
+from utils import dist
+from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.errors import CheckpointError, ConfigError, NonFiniteLossError
+from utils.logging import TensorboardWriter, close_file_handlers, get_logger
+
+
+class BaseTrainer(ABC):
+    """The loop, checkpoints and bookkeeping shared by every trainer.
+
+    Args:
+        config: the validated ConfigParser.
+        epochs: number of training epochs.
+        save_dir: root of ``models/<name>/<run_id>`` and ``log/<name>/<run_id>``.
+        save_period: also keep ``checkpoint-epochN.pth`` every N epochs (0: never).
+        monitor: ``"off"`` or ``"min|max <key>"`` with a key of the epoch log, e.g. ``"max val_accuracy"``.
+            ``model_best.pth`` is written whenever it improves.
+        early_stop: stop after this many epochs without improvement (0: never).
+        tensorboard: write TensorBoard events to the log directory.
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        amp: autocast: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` (with a grad
+            scaler) or ``"off"``.
+        compile: wrap the model in ``torch.compile``.
+        deterministic: ask torch for deterministic kernels (CPU runs are deterministic regardless).
+        grad_clip: clip the gradient norm to this value (null: no clipping).
+        log_step: batches between progress-bar/loss updates (each costs one host-device sync).
+        progress_bar: show a tqdm bar per epoch (null: only when stderr is a terminal).
+        test_after_training: evaluate ``model_best.pth`` (or the last weights) on the test set at the end.
+    """
+
+    def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
+                 early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
+                 amp: Literal["auto", "bf16", "fp16", "off"] = "auto", compile: bool = False,
+                 deterministic: bool = False, grad_clip: float | None = None, log_step: int = 10,
+                 progress_bar: bool | None = None, test_after_training: bool = True):
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if save_period < 0 or early_stop < 0 or log_step < 1:
+            raise ValueError("save_period and early_stop must be >= 0 and log_step >= 1")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
+        self.config = config
+        self.epochs, self.save_period, self.early_stop = epochs, save_period, early_stop
+        self.log_step, self.grad_clip, self.test_after_training = log_step, grad_clip, test_after_training
+        self.deterministic, self.use_tensorboard = deterministic, tensorboard
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.monitor_mode, self.monitor_key = _parse_monitor(monitor)
+        self.monitor_best = math.inf if self.monitor_mode == "min" else -math.inf
+        self.not_improved = 0
+        self.start_epoch = 1
+        self.device = _select_device(device)
+        dist.init_distributed(self.device)
+        self.amp_dtype = _amp_dtype(amp, self.device)
+        self.logger = get_logger(verbose=dist.is_main_process())
+        self.writer = TensorboardWriter(None, enabled=False)
+
+        self.data_loader, self.valid_loader = self.build_data()
+        self.raw_model = self.build_model().to(self.device)
+        if config.get("init_from"):
+            self.init_weights_from(config["init_from"])
+        self.model = self._wrap_model(self.raw_model, compile)
+        self.criterion = self.build_criterion()
+        self.metrics = self.build_metrics()
+        self.optimizer = self.build_optimizer()
+        self.lr_scheduler = self.build_scheduler()
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self._bad_batch = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    # --- component builders (override to customise) -----------------------------------------------
+    @property
+    def cls_num_list(self) -> list[int] | None:
+        return getattr(self.data_loader, "cls_num_list", None)
+
+    @property
+    def num_classes(self) -> int | None:
+        counts = self.cls_num_list
+        return getattr(self.data_loader, "num_classes", len(counts) if counts is not None else None)
+
+    def build_data(self):
+        loader = self.config.build_data_loader(training=True)
+        return loader, loader.split_validation()
+
+    def build_model(self) -> nn.Module:
+        optional = {"num_classes": self.num_classes} if self.num_classes is not None else {}
+        return self.config.build("arch", optional=optional)
+
+    def build_criterion(self):
+        if "loss" not in self.config:
+            return None
+        criterion = self.config.build("loss", optional={"cls_num_list": self.cls_num_list})
+        return criterion.to(self.device) if isinstance(criterion, nn.Module) else criterion
+
+    def build_metrics(self) -> list:
+        return self.config.build_metrics(optional={"cls_num_list": self.cls_num_list,
+                                                   "num_classes": self.num_classes})
+
+    def parameter_groups(self):
+        """What the optimizer trains: every trainable parameter (override for param groups)."""
+        return [p for p in self.raw_model.parameters() if p.requires_grad]
+
+    def build_optimizer(self):
+        if "optimizer" not in self.config:
+            return None
+        return self.config.build("optimizer", params=self.parameter_groups())
+
+    def build_scheduler(self):
+        if "lr_scheduler" not in self.config:
+            return None
+        return self.config.build("lr_scheduler", optimizer=self.optimizer, optional={"total_epochs": self.epochs})
+
+    def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
+        wrapped = module
+        if dist.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        if compile_model:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def init_weights_from(self, path: str) -> None:
+        """Load the model weights of checkpoint ``path`` (a new run starts; optimizer etc. are fresh).
+
+        Parameters missing from the checkpoint keep their initial values and extra ones are ignored,
+        both listed in the log; a parameter whose shape differs is an error.
+        """
+        state = load_checkpoint(path)["model"]
+        own = self.raw_model.state_dict()
+        wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+        if wrong:
+            raise CheckpointError(f"init_from {path}: shapes differ for {', '.join(wrong[:5])}; the checkpoint "
+                                  "was trained with a different architecture or number of classes")
+        if not set(state) & set(own):
+            raise CheckpointError(f"init_from {path}: no parameter names in common with {type(self.raw_model).__name__}")
+        result = self.raw_model.load_state_dict(state, strict=False)
+        self.logger.info(f"Initialised from {path}"
+                         + (f"; kept initial values for {len(result.missing_keys)} tensors not in it "
+                            f"({', '.join(result.missing_keys[:4])}...)" if result.missing_keys else "")
+                         + (f"; ignored {len(result.unexpected_keys)} of its tensors" if result.unexpected_keys else ""))
+
+    # --- what subclasses implement ----------------------------------------------------------------
+    @abstractmethod
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; return scalars to log (e.g. ``{"loss": 0.7}``)."""
+
+    def evaluate(self, loader) -> dict[str, Any]:
+        """Score the model on ``loader``; return named scalars. Trainers with validation implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    def _valid_epoch(self, epoch: int) -> dict[str, Any]:
+        return self.evaluate(self.valid_loader)
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Extra state a subclass keeps in checkpoints (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`trainer_state` returned."""
+
+    # --- helpers for subclasses -------------------------------------------------------------------
+    def autocast(self):
+        """Autocast context for forward passes (bf16 on CUDA by default, disabled on CPU)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward_step(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Backward, clip, optimizer step and zero_grad; records a non-finite ``loss`` without syncing.
+
+        The check itself happens in :meth:`check_finite` (every ``log_step`` batches and at the end of
+        the epoch), so the device never waits for the host inside the step.
+        """
+        bad = ~torch.isfinite(loss.detach())
+        self._bad_batch = torch.where(bad & (self._bad_batch < 0), torch.full_like(self._bad_batch, batch_idx),
+                                      self._bad_batch)
+        self.grad_scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def check_finite(self, epoch: int) -> None:
+        """Raise NonFiniteLossError if a loss since the start of the epoch was NaN or Inf."""
+        bad = int(self._bad_batch)
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"the training loss became non-finite (NaN or Inf) at epoch {epoch}, batch {bad}. Training "
+                f"stopped; the last good checkpoint ({self.config.model_dir / 'latest.pth'}) is intact. Try a "
+                "lower learning rate, gradient clipping (trainer.args.grad_clip) or amp \"off\"")
+
+    def progress(self, loader, epoch: int, desc: str = "train"):
+        """Iterate ``loader`` with a tqdm bar when enabled (rank 0 only)."""
+        return tqdm(loader, desc=f"{desc} {epoch}/{self.epochs}", leave=False, dynamic_ncols=True,
+                    disable=not (self.progress_bar and dist.is_main_process()))
+
+    def to_device(self, *tensors: torch.Tensor):
+        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to ``epochs``; returns the last epoch's log."""
+        self._open_run()
+        log: dict[str, Any] = {}
+        try:
+            for epoch in range(self.start_epoch, self.epochs + 1):
+                started = time.perf_counter()
+                self._set_sampler_epoch(epoch)
+                self._bad_batch.fill_(-1)
+                self.raw_model.train()
+                log = {"epoch": epoch, **self._train_epoch(epoch)}
+                self.check_finite(epoch)
+                if self.valid_loader is not None:
+                    log.update({f"val_{k}": v for k, v in self._valid_epoch(epoch).items()})
+                improved = self._update_monitor(log)
+                self._step_scheduler(log)
+                log["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
+                log["time_s"] = round(time.perf_counter() - started, 2)
+                self._log_epoch(log, improved)
+                self._save(epoch, improved)
+                if self.early_stop and self.not_improved >= self.early_stop:
+                    self.logger.info(f"No improvement of {self.monitor_key} for {self.early_stop} epochs: "
+                                     "stopping early")
+                    break
+        except NonFiniteLossError as err:
+            self.logger.error(str(err))
+            raise
+        finally:
+            self.writer.close()
+        return log
+
+    def _open_run(self) -> None:
+        if dist.is_main_process():
+            self.logger = get_logger(log_file=self.config.log_dir / "train.log")
+            self.writer = TensorboardWriter(self.config.log_dir, enabled=self.use_tensorboard)
+        self.logger.info(f"Run {self.config.name}/{self.config.run_id}: checkpoints in {self.config.model_dir}, "
+                         f"logs in {self.config.log_dir}")
+        self.logger.info(f"Model {self.config['arch']['type']}: "
+                         f"{sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad):,} trainable "
+                         f"parameters; device {self.device}"
+                         + (f" x {dist.world_size()} processes" if dist.is_distributed() else "")
+                         + (f"; autocast {self.amp_dtype}" if self.amp_dtype else ""))
+        if self.monitor_mode != "off":
+            source = getattr(self.data_loader, "validation_source", "the validation loader")
+            self.logger.info(f"Model selection: {self.monitor_mode} {self.monitor_key} on {source}")
+        if self.start_epoch > self.epochs:
+            self.logger.info(f"Checkpoint is at epoch {self.start_epoch - 1} of {self.epochs}: nothing left to train")
+
+    def _set_sampler_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.data_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def _update_monitor(self, log: dict[str, Any]) -> bool:
+        if self.monitor_mode == "off":
+            return False
+        if self.monitor_key not in log:
+            raise ConfigError(f'config["trainer"]["args"]["monitor"]: "{self.monitor_key}" is not in the epoch '
+                              f"log; available: {', '.join(k for k in log if k != 'epoch')}")
+        value = log[self.monitor_key]
+        improved = value is not None and math.isfinite(value) and (
+            value < self.monitor_best if self.monitor_mode == "min" else value > self.monitor_best)
+        if improved:
+            self.monitor_best, self.not_improved = value, 0
+        else:
+            self.not_improved += 1
+        return improved
+
+    def _step_scheduler(self, log: dict[str, Any]) -> None:
+        if self.lr_scheduler is None:
+            return
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self.monitor_mode == "off" or log.get(self.monitor_key) is None:
+                raise ConfigError('config["lr_scheduler"]: ReduceLROnPlateau needs trainer.args.monitor to name '
+                                  "a logged value")
+            self.lr_scheduler.step(log[self.monitor_key])
+        else:
+            self.lr_scheduler.step()
+
+    def _log_epoch(self, log: dict[str, Any], improved: bool) -> None:
+        parts = []
+        for key, value in log.items():
+            if key == "epoch":
+                continue
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        self.logger.info(f"epoch {log['epoch']}/{self.epochs}: " + ", ".join(parts) + (" *" if improved else ""))
+        self.writer.scalars({k: v for k, v in log.items() if k != "epoch"}, log["epoch"])
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """Everything needed to continue the run exactly (all weights_only-loadable types)."""
+        return {
+            "epoch": epoch,
+            "arch": self.config["arch"]["type"],
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "rng": rng_state(),
+            "monitor_best": self.monitor_best,
+            "not_improved": self.not_improved,
+            "world_size": dist.world_size(),
+            "run_id": self.config.run_id,
+            "config": self.config.config,
+            "trainer_state": self.trainer_state(),
+        }
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        if not dist.is_main_process():
+            dist.barrier()
+            return
+        state = self.checkpoint_state(epoch)
+        model_dir = self.config.model_dir
+        save_checkpoint(state, model_dir / "latest.pth")
+        if improved:
+            save_checkpoint(state, model_dir / "model_best.pth")
+            self.logger.info(f"Saved model_best.pth ({self.monitor_key} {self.monitor_best:.4g})")
+        if self.save_period and epoch % self.save_period == 0:
+            save_checkpoint(state, model_dir / f"checkpoint-epoch{epoch}.pth")
+        dist.barrier()
+
+    def resume(self, path: str | Path) -> None:
+        """Continue the run saved in checkpoint ``path``: weights, optimizer, scheduler, RNG, counters."""
+        state = load_checkpoint(path)
+        if state.get("arch") != self.config["arch"]["type"]:
+            raise CheckpointError(f"{path} holds a {state.get('arch')} model but the config builds "
+                                  f"{self.config['arch']['type']}")
+        if state.get("world_size", 1) != dist.world_size():
+            self.logger.warning(f"{path} was written with {state.get('world_size')} processes, resuming with "
+                                f"{dist.world_size()}: the data order will differ from an uninterrupted run")
+        try:
+            self.raw_model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from err
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.monitor_best = state["monitor_best"]
+        self.not_improved = state.get("not_improved", 0)
+        self.start_epoch = state["epoch"] + 1
+        self.load_trainer_state(state.get("trainer_state") or {})
+        set_rng_state(state["rng"])
+        self.logger.info(f"Resumed from {path} (epoch {state['epoch']})")
+
+    def load_weights(self, path: str | Path) -> dict[str, Any]:
+        """Load only the model weights (and trainer state) of ``path`` for evaluation; returns the checkpoint."""
+        state = load_checkpoint(path)
+        try:
+            self.raw_model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from err
+        self.load_trainer_state(state.get("trainer_state") or {})
+        return state
+
+    # --- testing ----------------------------------------------------------------------------------
+    def test(self, output_dir: Path | None = None) -> dict[str, Any]:
+        """Evaluate the current weights on the test split; returns ``{"metrics": ..., "n": N}``.
+
+        ``output_dir`` is for trainers that write per-sample outputs (denoised spectra); classification
+        trainers write none.
+        """
+        loader = self.config.build_data_loader(training=False, shuffle=False)
+        metrics = self.evaluate(loader)
+        return {"metrics": metrics, "n": len(loader.dataset)}
+
+    def close(self) -> None:
+        self.writer.close()
+        close_file_handlers(self.logger)
+
+
+def _parse_monitor(monitor: str) -> tuple[str, str | None]:
+    if monitor == "off":
+        return "off", None
+    parts = monitor.split()
+    if len(parts) != 2 or parts[0] not in ("min", "max"):
+        raise ValueError(f'monitor must be "off" or "min <key>" / "max <key>" (e.g. "max val_accuracy"), '
+                         f"got {monitor!r}")
+    return parts[0], parts[1]
+
+
+def _select_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank())
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use -d cpu")
+        if chosen.index is None:
+            chosen = torch.device("cuda", dist.local_rank())
+        if chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif chosen.type != "cpu":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return chosen
+
+
+def _amp_dtype(amp: str, device: torch.device):
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+__all__ = ["BaseTrainer", "BaseDataLoader"]

@@ -1,0 +1,337 @@
+"""ConfigParser: load a JSON config, apply command-line overrides, validate it, build from registries.
+
+Construction is pure: it imports the config's ``plugins``, validates every section and computes the run
+directories, but writes nothing. :meth:`ConfigParser.prepare_run_dirs` creates the directories and
+saves ``config.json`` once everything has been built, so a bad config never leaves a run directory.
+
+Config form (see README): top-level ``name``, optional ``doc``, ``seed``, ``plugins``, ``init_from``,
+and components ``{"type": NAME, "args": {...}}``: ``arch``, ``data_loader``, ``loss``, ``metrics``
+(a list), ``optimizer``, ``lr_scheduler``, ``trainer``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import difflib
+import importlib
+import json
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import data_loader  # noqa: F401  (registers the built-in data loaders)
+import model  # noqa: F401  (registers models, losses, metrics)
+import trainer  # noqa: F401  (registers trainers)
+import utils.optim  # noqa: F401  (registers optimizers and schedulers)
+from utils import dist
+from utils.checkpoint import load_checkpoint
+from utils.errors import ConfigError, format_path
+from utils.registry import DATA_LOADERS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, Registry
+
+TOP_LEVEL_KEYS = {
+    "name": "run name; runs are saved under <save_dir>/models/<name>/<run_id>/",
+    "doc": "free text: what the config is for, which paper values it uses, which defaults it changes",
+    "seed": "integer seed for python, numpy and torch",
+    "plugins": "list of modules imported before building, e.g. [\"my_pkg.my_models\"]",
+    "init_from": "checkpoint whose model weights initialise this (new) run, e.g. LNR stage 2 from stage 1",
+    "arch": "the model", "data_loader": "the data", "loss": "the training loss",
+    "metrics": "list of metrics", "optimizer": "the optimizer", "lr_scheduler": "the learning-rate schedule",
+    "trainer": "the trainer and its loop settings (epochs, monitor, save_dir, device, ...)",
+}
+REQUIRED_KEYS = ("name", "arch", "data_loader", "trainer")
+
+# section -> (registry, names the framework supplies at build time, so the config need not)
+COMPONENTS: dict[str, tuple[Registry, frozenset[str]]] = {
+    "arch": (MODELS, frozenset({"num_classes"})),
+    "data_loader": (DATA_LOADERS, frozenset({"training"})),
+    "loss": (LOSSES, frozenset({"cls_num_list"})),
+    "optimizer": (OPTIMIZERS, frozenset({"params"})),
+    "lr_scheduler": (SCHEDULERS, frozenset({"optimizer", "total_epochs"})),
+    "trainer": (TRAINERS, frozenset({"config"})),
+}
+METRIC_SUPPLIED = frozenset({"cls_num_list", "num_classes"})
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def import_plugins(modules: Any, where: tuple = ("plugins",)) -> None:
+    """Import each module named in ``modules`` so that its ``@REGISTRY.register()`` calls run."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"{format_path(where)}: expected a list of module names such as "
+                          f'["my_pkg.my_models"], got {modules!r}')
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:  # let users keep plugins next to their configs without setting PYTHONPATH
+        sys.path.append(cwd)
+    for i, name in enumerate(modules):
+        if not _MODULE_RE.match(name):
+            raise ConfigError(f"{format_path(where + (i,))}: '{name}' is not a Python module name; give a "
+                              "dotted import path (my_pkg.my_module), not a file path")
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            raise ConfigError(f"{format_path(where + (i,))}: cannot import plugin '{name}' ({err}). Put the "
+                              "module on PYTHONPATH or in the directory you run from") from err
+
+
+def validate_config(config: Any) -> None:
+    """Check every section of ``config``; raise ConfigError naming the first wrong key path."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a JSON object, got {type(config).__name__}")
+    for key in config:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, list(TOP_LEVEL_KEYS), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{format_path((key,))}: unknown top-level key.{hint} "
+                              f"Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if key not in config:
+            raise ConfigError(f"{format_path((key,))}: missing; a config needs {', '.join(REQUIRED_KEYS)} "
+                              f"({key}: {TOP_LEVEL_KEYS[key]})")
+    name = config["name"]
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise ConfigError(f'{format_path(("name",))}: must be a non-empty name of letters, digits, "_", "-" '
+                          f'and "." (it becomes a directory name), got {name!r}')
+    if "doc" in config and not isinstance(config["doc"], str):
+        raise ConfigError(f'{format_path(("doc",))}: must be a string')
+    seed = config.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f'{format_path(("seed",))}: must be a non-negative integer, got {seed!r}')
+    init_from = config.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        raise ConfigError(f'{format_path(("init_from",))}: must be a checkpoint path or null, got {init_from!r}')
+    import_plugins(config.get("plugins", []))
+    for section, (registry, supplied) in COMPONENTS.items():
+        if section in config and config[section] is not None:
+            registry.check(config[section], (section,), supplied)
+    metrics = config.get("metrics", [])
+    if not isinstance(metrics, list):
+        raise ConfigError(f'{format_path(("metrics",))}: must be a list of {{"type": NAME, "args": {{...}}}}, '
+                          f"got {type(metrics).__name__}")
+    for i, spec in enumerate(metrics):
+        METRICS.check(spec, ("metrics", i), METRIC_SUPPLIED)
+    if "lr_scheduler" in config and config["lr_scheduler"] is not None and "optimizer" not in config:
+        raise ConfigError(f'{format_path(("lr_scheduler",))}: a scheduler needs an "optimizer" section')
+
+
+def apply_override(config: dict, assignment: str) -> None:
+    """Apply one ``--set a.b.c=VALUE`` in place. VALUE is parsed as JSON, else kept as a string."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set trainer.args.epochs=3")
+    key_path, raw = assignment.split("=", 1)
+    keys: list[Any] = [k for k in key_path.strip().split(".")]
+    if not key_path.strip() or any(k == "" for k in keys):
+        raise ConfigError(f"--set {assignment!r}: empty key in '{key_path}'")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    node: Any = config
+    walked: list[Any] = []
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+                raise ConfigError(f"--set {key_path}: {format_path(walked)} is a list of {len(node)}; "
+                                  f"'{key}' is not a valid index")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {key_path}: {format_path(walked)} is {type(node).__name__} "
+                              f"{node!r}, not an object, so it has no key '{key}'")
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}
+            node = node[key]
+        walked.append(key)
+
+
+def deep_merge(base: dict, update: Mapping) -> dict:
+    """``base`` with ``update`` merged in recursively (objects merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_json(path: str | Path) -> dict:
+    """Read a JSON config; syntax errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}, line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from err
+
+
+class ConfigParser:
+    """A validated config plus where its run lives.
+
+    Args:
+        config: the config dict (copied; never mutated).
+        source: where it came from (a file path), prefixed to error messages.
+        resume: checkpoint to continue from (the run directory is the checkpoint's directory).
+        run_id: run directory name; default: a timestamp.
+    """
+
+    def __init__(self, config: dict, source: str = "<config>", resume: str | Path | None = None,
+                 run_id: str | None = None):
+        self.source = source
+        self._config = copy.deepcopy(config)
+        try:
+            validate_config(self._config)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        self.resume = Path(resume) if resume is not None else None
+        if run_id is not None and (not _NAME_RE.match(run_id) or ".." in run_id):
+            raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '_', '-' and '.'")
+        if self.resume is not None:
+            self.model_dir = self.resume.resolve().parent
+            self.run_id = self.model_dir.name
+        else:
+            self.run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
+            self.model_dir = self.save_root / "models" / self.name / self.run_id
+        self.log_dir = self.save_root / "log" / self.name / self.run_id
+        self._explicit_run_id = run_id is not None
+
+    # --- construction from the command line -------------------------------------------------------
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, training: bool = True) -> argparse.ArgumentParser:
+        """Add the options shared by train.py and the evaluation scripts to ``parser``."""
+        parser.add_argument("-c", "--config", help="JSON config file")
+        parser.add_argument("-r", "--resume", help="checkpoint (.pth) to resume from / evaluate")
+        parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config value, e.g. --set trainer.args.epochs=3 (repeatable)")
+        parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                            help="import MODULE before building (registers user plugins; repeatable)")
+        if training:
+            parser.add_argument("--lr", type=float, help="shortcut for --set optimizer.args.lr=LR")
+            parser.add_argument("--bs", type=int, help="shortcut for --set data_loader.args.batch_size=BS")
+            parser.add_argument("--seed", type=int, help="shortcut for --set seed=SEED")
+            parser.add_argument("--run-id", help="run directory name (default: a timestamp)")
+            parser.add_argument("--init-from", help="checkpoint whose model weights start this new run")
+        return parser
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ConfigParser":
+        """Build from parsed command-line options (see :meth:`add_arguments`)."""
+        if not args.config and not args.resume:
+            raise ConfigError("give a config with -c CONFIG.json, or a checkpoint to resume with -r CKPT.pth")
+        source = args.config or str(args.resume)
+        if args.resume:
+            checkpoint = load_checkpoint(args.resume)
+            config = checkpoint.get("config")
+            if not isinstance(config, dict):
+                raise ConfigError(f"{args.resume}: the checkpoint holds no config")
+            if args.config:  # fine-tuning: the file's values win over the checkpoint's
+                config = deep_merge(config, load_json(args.config))
+                source = f"{args.resume} + {args.config}"
+        else:
+            config = load_json(args.config)
+        if not isinstance(config, dict):
+            raise ConfigError(f"{source}: the config must be a JSON object")
+        shortcuts = [("lr", "optimizer.args.lr"), ("bs", "data_loader.args.batch_size"), ("seed", "seed"),
+                     ("init_from", "init_from")]
+        for attr, key in shortcuts:
+            value = getattr(args, attr, None)
+            if value is not None:
+                if key.startswith("optimizer") and "optimizer" not in config:
+                    raise ConfigError(f'{source}: --lr given but the config has no "optimizer" section')
+                apply_override(config, f"{key}={json.dumps(value)}")
+        if args.device:
+            apply_override(config, f"trainer.args.device={json.dumps(args.device)}")
+        for assignment in args.overrides:
+            apply_override(config, assignment)
+        if args.plugins:
+            config["plugins"] = list(config.get("plugins", [])) + [p for p in args.plugins
+                                                                   if p not in config.get("plugins", [])]
+        return cls(config, source=source, resume=args.resume, run_id=getattr(args, "run_id", None))
+
+    # --- access -----------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        """A deep copy of the validated config (safe to mutate)."""
+        return copy.deepcopy(self._config)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._config[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._config and self._config[key] is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._config.get(key, default)
+        return default if value is None else value
+
+    @property
+    def name(self) -> str:
+        return self._config["name"]
+
+    @property
+    def seed(self) -> int:
+        return self._config.get("seed", 0)
+
+    @property
+    def save_root(self) -> Path:
+        return Path(self._config["trainer"].get("args", {}).get("save_dir", "saved"))
+
+    # --- building ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def located(self):
+        """Prefix ConfigErrors raised inside with the config's source file."""
+        try:
+            yield
+        except ConfigError as err:
+            if str(err).startswith(f"{self.source}:"):
+                raise
+            raise ConfigError(f"{self.source}: {err}") from err
+
+    def build(self, section: str, *, optional: Mapping[str, Any] | None = None, **runtime: Any) -> Any:
+        """Build the component of ``section`` through its registry (see Registry.build)."""
+        registry = COMPONENTS[section][0]
+        with self.located():
+            return registry.build(self._config[section], (section,), optional=optional, **runtime)
+
+    def build_metrics(self, optional: Mapping[str, Any] | None = None) -> list:
+        with self.located():
+            return [METRICS.build(spec, ("metrics", i), optional=optional)
+                    for i, spec in enumerate(self._config.get("metrics", []))]
+
+    def build_data_loader(self, training: bool = True, **overrides: Any):
+        """The configured data loader; ``overrides`` replace config args (e.g. ``shuffle=False``)."""
+        spec = copy.deepcopy(self._config["data_loader"])
+        spec.setdefault("args", {})
+        spec["args"] = {**(spec["args"] or {}), **overrides, "training": training}
+        with self.located():
+            return DATA_LOADERS.build(spec, ("data_loader",))
+
+    # --- run directories --------------------------------------------------------------------------
+    def prepare_run_dirs(self) -> None:
+        """Create the model and log directories and write ``config.json`` (rank 0 only)."""
+        if not dist.is_main_process():
+            return
+        if self.resume is None and self.model_dir.exists() and any(self.model_dir.iterdir()):
+            raise ConfigError(f"run directory {self.model_dir} already exists and is not empty; choose "
+                              "another --run-id, or continue that run with -r "
+                              f"{self.model_dir / 'latest.pth'}")
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.model_dir / "config.json").write_text(json.dumps(self._config, indent=2) + "\n", encoding="utf-8")
+
+
+def iter_config_files(root: str | Path = "configs") -> Iterable[Path]:
+    """Every JSON config under ``root``, sorted."""
+    return sorted(Path(root).rglob("*.json"))

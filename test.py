@@ -1,0 +1,50 @@
+"""Evaluate a checkpoint on its config's test split.
+
+    python test.py -r saved/models/<name>/<run_id>/model_best.pth [--out metrics.json]
+                   [--data_dir DIR] [--save_dir DIR] [--set KEY=VALUE ...] [-d cpu]
+
+Prints a table and, with --out, writes {"metrics": {...}, "n": N, "checkpoint": PATH}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from parse_config import ConfigParser
+from train import build_trainer
+from utils import dist
+from utils.cli import format_metrics, run_cli, write_json
+from utils.errors import ConfigError
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ConfigParser.add_arguments(parser, training=False)
+    parser.add_argument("--out", help="write the metrics as JSON to this file")
+    parser.add_argument("--data_dir", help="evaluate on this data directory instead of the config's")
+    parser.add_argument("--save_dir", help="directory for per-sample outputs (trainers that write them)")
+    args = parser.parse_args(argv)
+    if not args.resume:
+        raise ConfigError("test.py needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
+    if args.config:
+        raise ConfigError("test.py takes the config from the checkpoint; change values with --set KEY=VALUE")
+    if args.data_dir:
+        args.overrides.append(f"data_loader.args.data_dir={json.dumps(args.data_dir)}")
+    args.overrides.append("trainer.args.tensorboard=false")
+    config = ConfigParser.from_args(args)
+    trainer = build_trainer(config)
+    state = trainer.load_weights(args.resume)
+    result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None)
+    if not dist.is_main_process():
+        return
+    print(f"{config.name}: {args.resume} (epoch {state.get('epoch')}), test split of {result['n']} samples")
+    print(format_metrics(result["metrics"]))
+    if args.out:
+        write_json(args.out, {"metrics": result["metrics"], "n": result["n"], "checkpoint": str(args.resume),
+                              **{k: v for k, v in result.items() if k not in ("metrics", "n")}})
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

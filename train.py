@@ -1,0 +1,70 @@
+"""Train a model described by a JSON config.
+
+    python train.py -c configs/quickstart_digits_lt.json [--set trainer.args.epochs=3] [--run-id ID]
+    python train.py -r saved/models/<name>/<run_id>/latest.pth        # resume the same run
+    torchrun --nproc_per_node 2 train.py -c CONFIG                      # DistributedDataParallel
+    python train.py --list [models|data_loaders|losses|metrics|trainers|optimizers|schedulers]
+"""
+from __future__ import annotations
+
+import argparse
+
+from parse_config import ConfigParser, import_plugins
+from utils import dist
+from utils.cli import format_metrics, run_cli
+from utils.errors import ConfigError
+from utils.registry import REGISTRIES
+from utils.seed import seed_everything
+
+
+def build_trainer(config: ConfigParser):
+    """Seed, then build the configured trainer (which builds data, model, loss, ...). Writes nothing."""
+    trainer_args = config["trainer"].get("args") or {}
+    seed_everything(config.seed, deterministic=bool(trainer_args.get("deterministic", False)))
+    return config.build("trainer", config=config)
+
+
+def list_registered(kind: str) -> str:
+    key = kind.lower().rstrip("s") if kind != "all" else "all"
+    chosen = {name: reg for name, reg in REGISTRIES.items() if kind == "all" or name.rstrip("s") == key}
+    if not chosen:
+        raise ConfigError(f"--list {kind}: unknown kind; choose from {', '.join(REGISTRIES)}")
+    lines = []
+    for name, registry in chosen.items():
+        lines.append(f"{name} ({registry.name}: {registry.contract})")
+        for entry, doc in registry.describe():
+            lines.append(f"  {entry:<28} {doc}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ConfigParser.add_arguments(parser, training=True)
+    parser.add_argument("--list", nargs="?", const="all", metavar="KIND",
+                        help="list registered names with one line of documentation, then exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        import_plugins(args.plugins, where=("--plugin",))
+        print(list_registered(args.list))
+        return
+    config = ConfigParser.from_args(args)
+    trainer = build_trainer(config)
+    if config.resume is not None:
+        trainer.resume(config.resume)
+    config.prepare_run_dirs()
+    trainer.train()
+    if trainer.test_after_training:
+        best = config.model_dir / "model_best.pth"
+        if best.exists():
+            trainer.load_weights(best)
+        which = "model_best.pth" if best.exists() else "the final weights"
+        result = trainer.test()
+        if dist.is_main_process():
+            trainer.logger.info(f"Test split ({result['n']} samples), {which}:\n{format_metrics(result['metrics'])}")
+            if best.exists():
+                trainer.logger.info(f"Evaluate again with: python test.py -r {best}")
+    trainer.close()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,1 @@
+"""Shared infrastructure: registry, errors, checkpoints, logging, seeding, distributed helpers."""

@@ -1,0 +1,52 @@
+"""Shared command-line plumbing: user errors print one clear message (no traceback) and exit 2."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from utils import dist
+from utils.errors import FrameworkError
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    try:
+        main()
+    except FrameworkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; resume with -r <run directory>/latest.pth", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        dist.cleanup()
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A two-row text table of named values; None prints as '-'."""
+    names = list(metrics)
+    cells = ["-" if metrics[n] is None else (f"{metrics[n]:.2f}" if isinstance(metrics[n], float) else str(metrics[n]))
+             for n in names]
+    widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
+    head = " | ".join(n.rjust(w) for n, w in zip(names, widths))
+    row = " | ".join(c.rjust(w) for c, w in zip(cells, widths))
+    return f"{head}\n{'-' * len(head)}\n{row}"
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON; NaN/Inf become null so the file stays valid JSON."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(data), indent=2) + "\n", encoding="utf-8")

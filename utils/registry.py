@@ -1,0 +1,258 @@
+"""A small typed registry mapping config names to classes and functions.
+
+One instance per kind of component (``MODELS``, ``DATA_LOADERS``, ...). A component in a config is
+``{"type": NAME, "args": {...}}``; :meth:`Registry.build` looks ``NAME`` up and calls the registered
+object with the config ``args`` plus the values the framework supplies at run time (the model's
+parameters for an optimizer, the class counts for a loss, ...). Before calling it checks the args
+against the signature, so a typo is reported with the valid names instead of a bare ``TypeError``.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from typing import Any, Callable, Iterable, Mapping
+
+from utils.errors import ConfigError, format_path
+
+
+class Registry:
+    """Maps names to classes or functions of one kind.
+
+    Args:
+        name: the registry's name as shown in messages (``MODELS``).
+        kind: what one entry is, in the singular, for messages ("model").
+        contract: how entries are called; shown by ``train.py --list``.
+    """
+
+    def __init__(self, name: str, kind: str, contract: str = ""):
+        self.name = name
+        self.kind = kind
+        self.contract = contract
+        self._entries: dict[str, Callable] = {}
+
+    def register(self, obj: Callable | None = None, *, name: str | None = None):
+        """Register ``obj`` under ``name`` (default: its ``__name__``). Usable as ``@R.register()``."""
+
+        def add(target: Callable) -> Callable:
+            key = name or target.__name__
+            if key in self._entries:
+                other = self._entries[key]
+                raise KeyError(
+                    f"{self.name}: the name '{key}' is already registered "
+                    f"(by {other.__module__}.{other.__qualname__}); register "
+                    f"{target.__module__}.{target.__qualname__} under another name"
+                )
+            self._entries[key] = target
+            return target
+
+        return add if obj is None else add(obj)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, Callable]]:
+        return sorted(self._entries.items())
+
+    def get(self, name: Any, where: Iterable = ()) -> Callable:
+        """Return the entry called ``name``; ``where`` is the key path of the ``type`` field, for messages."""
+        where = tuple(where)
+        if isinstance(name, str) and name in self._entries:
+            return self._entries[name]
+        loc = format_path(where) + ": " if where else ""
+        if not isinstance(name, str):
+            raise ConfigError(f"{loc}the {self.kind} type must be a string naming a registered {self.kind}, "
+                              f"got {name!r}. Registered in {self.name}: {', '.join(self.names())}")
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"{loc}unknown {self.kind} '{name}' in registry {self.name}.{hint} "
+            f"Registered in {self.name}: {', '.join(self.names()) or '(none)'}. "
+            "A class of your own must be registered with "
+            f"@{self.name}.register() in a module listed under \"plugins\"."
+        )
+
+    def check(self, spec: Any, where: Iterable = (), supplied: Iterable[str] = ()) -> Callable:
+        """Validate ``spec`` without building it: form, name, argument names and simple types.
+
+        ``supplied`` names the parameters the framework passes at run time; they need not be in
+        ``args`` (and, for required ones, are not reported missing). Returns the registered entry.
+        """
+        where = tuple(where)
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{format_path(where)}: expected an object "
+                              f'{{"type": NAME, "args": {{...}}}}, got {type(spec).__name__} {spec!r}')
+        unknown = set(spec) - {"type", "args"}
+        if unknown:
+            raise ConfigError(f"{format_path(where)}: unknown key(s) {sorted(unknown)}; a component has "
+                              'only "type" and "args" (put constructor arguments inside "args")')
+        if "type" not in spec:
+            raise ConfigError(f'{format_path(where)}: missing "type"; registered in {self.name}: '
+                              f"{', '.join(self.names())}")
+        target = self.get(spec["type"], where + ("type",))
+        args = spec.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            raise ConfigError(f'{format_path(where + ("args",))}: "args" must be an object of '
+                              f"argument names to values, got {type(args).__name__}")
+        params = _parameters(target)
+        if params is None:  # signature not introspectable (some builtins): let the call decide
+            return target
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        for key, value in args.items():
+            path = where + ("args", key)
+            if key not in named:
+                if accepts_any:
+                    continue
+                close = difflib.get_close_matches(key, list(named), n=3, cutoff=0.5)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise ConfigError(f"{format_path(path)}: {spec['type']} has no argument '{key}'.{hint} "
+                                  f"Valid arguments: {', '.join(named) or '(none)'}")
+            problem = _type_problem(value, _hint(target, key, named[key]))
+            if problem:
+                raise ConfigError(f"{format_path(path)}: {spec['type']} expects {problem}, got "
+                                  f"{type(value).__name__} {value!r}")
+        supplied = set(supplied)
+        missing = [n for n, p in named.items()
+                   if p.default is p.empty and n not in args and n not in supplied]
+        if missing:
+            raise ConfigError(f"{format_path(where + ('args',))}: {spec['type']} needs argument(s) "
+                              f"{', '.join(repr(m) for m in missing)}; add them to \"args\"")
+        return target
+
+    def build(self, spec: Any, where: Iterable = (), *, optional: Mapping[str, Any] | None = None,
+              **runtime: Any) -> Any:
+        """Build the component ``spec`` describes.
+
+        Args:
+            spec: ``{"type": NAME, "args": {...}}``.
+            where: key path of ``spec`` in the config, for messages.
+            optional: defaults the framework offers; passed only when the entry takes a parameter
+                of that name and the config does not set it (e.g. ``cls_num_list``).
+            **runtime: values the framework always passes; a config arg of the same name is an error.
+        """
+        where = tuple(where)
+        optional = dict(optional or {})
+        target = self.check(spec, where, supplied=set(runtime) | set(optional))
+        args = dict(spec.get("args") or {})
+        clash = sorted(set(args) & set(runtime))
+        if clash:
+            raise ConfigError(f"{format_path(where + ('args',))}: {', '.join(clash)} is set by the framework "
+                              f"for {spec['type']}; remove it from the config")
+        params = _parameters(target)
+        for key, value in optional.items():
+            if key in args:
+                continue
+            if params is None or key in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                args[key] = value
+        try:
+            return target(**runtime, **args)
+        except ConfigError:
+            raise
+        except ValueError as err:  # constructors reject bad values with ValueError; say which config entry
+            raise ConfigError(f"{format_path(where)} ({spec['type']}): {err}") from err
+
+    def describe(self) -> list[tuple[str, str]]:
+        """``(name, first line of docstring)`` for every entry, for ``train.py --list``."""
+        rows = []
+        for key, obj in self.items():
+            doc = inspect.getdoc(obj) or ""
+            rows.append((key, doc.splitlines()[0] if doc else ""))
+        return rows
+
+    def __repr__(self) -> str:
+        return f"Registry({self.name!r}, {len(self)} entries: {', '.join(self.names())})"
+
+
+def _parameters(target: Callable) -> dict[str, inspect.Parameter] | None:
+    try:
+        return dict(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _hint(target: Callable, name: str, param: inspect.Parameter):
+    """The resolved annotation of ``name`` (``from __future__ import annotations`` makes them strings)."""
+    func = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable forward references: skip the type check rather than fail
+        return inspect.Parameter.empty
+    return hints.get(name, param.annotation)
+
+
+_JSON_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               list: "a list", dict: "an object", type(None): "null"}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Describe what ``hint`` expects if a JSON ``value`` cannot match it; None when it can (or unknown)."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if all(_type_problem(value, o) for o in options):
+            return " or ".join(filter(None, (_expects(o) for o in options))) or None
+        return None
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        return None if value in allowed else "one of " + ", ".join(repr(a) for a in allowed)
+    expected = _expects(hint)
+    if expected is None:
+        return None
+    base = origin or hint
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base in (list, tuple, typing.Sequence) or (isinstance(base, type) and base.__name__ == "Sequence"):
+        ok = isinstance(value, (list, tuple))
+    elif base in (dict, typing.Mapping) or (isinstance(base, type) and base.__name__ == "Mapping"):
+        ok = isinstance(value, dict)
+    else:
+        ok = isinstance(value, base)
+    return None if ok else expected
+
+
+def _expects(hint: Any) -> str | None:
+    base = typing.get_origin(hint) or hint
+    if base in _JSON_NAMES:
+        return _JSON_NAMES[base]
+    if base is tuple:
+        return "a list"
+    name = getattr(base, "__name__", "")
+    if name == "Sequence":
+        return "a list"
+    if name == "Mapping":
+        return "an object"
+    return None
+
+
+MODELS = Registry("MODELS", "model", "called as cls(**args[, num_classes]); returns an nn.Module")
+DATA_LOADERS = Registry("DATA_LOADERS", "data loader",
+                        "called as cls(**args, training=bool); returns an iterable of batches with "
+                        "split_validation()")
+LOSSES = Registry("LOSSES", "loss", "called as cls(**args[, cls_num_list]); returns a callable "
+                  "(output, target) -> scalar tensor")
+METRICS = Registry("METRICS", "metric", "called as cls(**args[, cls_num_list, num_classes]); returns a "
+                   "Metric with reset/update/compute")
+TRAINERS = Registry("TRAINERS", "trainer", "called as cls(config=ConfigParser, **args); a BaseTrainer subclass")
+OPTIMIZERS = Registry("OPTIMIZERS", "optimizer", "called as cls(params, **args); a torch.optim.Optimizer")
+SCHEDULERS = Registry("SCHEDULERS", "learning-rate scheduler",
+                      "called as cls(optimizer, **args[, total_epochs]); stepped once per epoch")
+
+REGISTRIES = {"models": MODELS, "data_loaders": DATA_LOADERS, "losses": LOSSES, "metrics": METRICS,
+              "trainers": TRAINERS, "optimizers": OPTIMIZERS, "schedulers": SCHEDULERS}
