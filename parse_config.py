@@ -43,7 +43,7 @@ TOP_LEVEL_KEYS = {
 }
 REQUIRED_KEYS = ("name", "arch", "data_loader", "trainer")
 
-# section -> (registry, names the framework supplies at build time, so the config need not)
+# section -> (registry, names the framework supplies at build time so the config need not set them)
 COMPONENTS: dict[str, tuple[Registry, frozenset[str]]] = {
     "arch": (MODELS, frozenset({"num_classes"})),
     "data_loader": (DATA_LOADERS, frozenset({"training"})),
@@ -53,6 +53,8 @@ COMPONENTS: dict[str, tuple[Registry, frozenset[str]]] = {
     "trainer": (TRAINERS, frozenset({"config"})),
 }
 METRIC_SUPPLIED = frozenset({"cls_num_list", "num_classes"})
+# of those, the ones the framework always passes: a config must not set them
+RUNTIME_ONLY = frozenset({"training", "params", "optimizer", "config"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -106,7 +108,7 @@ def validate_config(config: Any) -> None:
     import_plugins(config.get("plugins", []))
     for section, (registry, supplied) in COMPONENTS.items():
         if section in config and config[section] is not None:
-            registry.check(config[section], (section,), supplied)
+            registry.check(config[section], (section,), supplied, hidden=supplied & RUNTIME_ONLY)
     metrics = config.get("metrics", [])
     if not isinstance(metrics, list):
         raise ConfigError(f'{format_path(("metrics",))}: must be a list of {{"type": NAME, "args": {{...}}}}, '

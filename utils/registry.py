@@ -82,11 +82,13 @@ class Registry:
             f"@{self.name}.register() in a module listed under \"plugins\"."
         )
 
-    def check(self, spec: Any, where: Iterable = (), supplied: Iterable[str] = ()) -> Callable:
+    def check(self, spec: Any, where: Iterable = (), supplied: Iterable[str] = (),
+              hidden: Iterable[str] = ()) -> Callable:
         """Validate ``spec`` without building it: form, name, argument names and simple types.
 
         ``supplied`` names the parameters the framework passes at run time; they need not be in
-        ``args`` (and, for required ones, are not reported missing). Returns the registered entry.
+        ``args`` (and, for required ones, are not reported missing); ``hidden`` ones, which the config
+        must not set, are left out of the list of valid arguments. Returns the registered entry.
         """
         where = tuple(where)
         if not isinstance(spec, Mapping):
@@ -106,25 +108,28 @@ class Registry:
         if not isinstance(args, Mapping):
             raise ConfigError(f'{format_path(where + ("args",))}: "args" must be an object of '
                               f"argument names to values, got {type(args).__name__}")
+        supplied, hidden = set(supplied), set(hidden)
         params = _parameters(target)
         if params is None:  # signature not introspectable (some builtins): let the call decide
             return target
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p, _ in params.values())
+        named = {n: p for n, (p, _) in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         for key, value in args.items():
             path = where + ("args", key)
+            if key in hidden:
+                raise ConfigError(f"{format_path(path)}: '{key}' is set by the framework for {spec['type']}; "
+                                  "remove it from the config")
             if key not in named:
                 if accepts_any:
                     continue
                 close = difflib.get_close_matches(key, list(named), n=3, cutoff=0.5)
                 hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 raise ConfigError(f"{format_path(path)}: {spec['type']} has no argument '{key}'.{hint} "
-                                  f"Valid arguments: {', '.join(named) or '(none)'}")
-            problem = _type_problem(value, _hint(target, key, named[key]))
+                                  f"Valid arguments: {', '.join(n for n in named if n not in hidden) or '(none)'}")
+            problem = _type_problem(value, params[key][1])
             if problem:
                 raise ConfigError(f"{format_path(path)}: {spec['type']} expects {problem}, got "
                                   f"{type(value).__name__} {value!r}")
-        supplied = set(supplied)
         missing = [n for n, p in named.items()
                    if p.default is p.empty and n not in args and n not in supplied]
         if missing:
@@ -145,7 +150,7 @@ class Registry:
         """
         where = tuple(where)
         optional = dict(optional or {})
-        target = self.check(spec, where, supplied=set(runtime) | set(optional))
+        target = self.check(spec, where, supplied=set(runtime) | set(optional), hidden=set(runtime))
         args = dict(spec.get("args") or {})
         clash = sorted(set(args) & set(runtime))
         if clash:
@@ -155,7 +160,7 @@ class Registry:
         for key, value in optional.items():
             if key in args:
                 continue
-            if params is None or key in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            if params is None or key in params or any(p.kind is p.VAR_KEYWORD for p, _ in params.values()):
                 args[key] = value
         try:
             return target(**runtime, **args)
@@ -176,21 +181,52 @@ class Registry:
         return f"Registry({self.name!r}, {len(self)} entries: {', '.join(self.names())})"
 
 
-def _parameters(target: Callable) -> dict[str, inspect.Parameter] | None:
-    try:
-        return dict(inspect.signature(target).parameters)
-    except (TypeError, ValueError):
-        return None
+def _parameters(target: Callable) -> dict[str, tuple[inspect.Parameter, Any]] | None:
+    """Parameters of ``target`` with their resolved type hints, or None if not introspectable.
+
+    For a class whose ``__init__`` takes ``**kwargs`` and passes them on (``ClassifierTrainer(config,
+    **kwargs)`` -> ``BaseTrainer.__init__``), the parents' parameters are included, so their names
+    and types are checked too; the ``**kwargs`` marker is kept only if no parent closes it.
+    """
+    if not inspect.isclass(target):
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return None
+        hints = _hints(target)
+        return {n: (p, hints.get(n, p.annotation)) for n, p in signature.parameters.items()}
+    params: dict[str, tuple[inspect.Parameter, Any]] = {}
+    var_keyword = None
+    for cls in target.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        if cls is object:
+            break
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):
+            return None
+        hints = _hints(init)
+        var_keyword = None
+        for n, p in list(signature.parameters.items())[1:]:  # skip self
+            if p.kind is p.VAR_KEYWORD:
+                var_keyword = (n, p)
+            elif p.kind is not p.VAR_POSITIONAL:
+                params.setdefault(n, (p, hints.get(n, p.annotation)))
+        if var_keyword is None:
+            break
+    if var_keyword is not None:
+        params[var_keyword[0]] = (var_keyword[1], inspect.Parameter.empty)
+    return params
 
 
-def _hint(target: Callable, name: str, param: inspect.Parameter):
-    """The resolved annotation of ``name`` (``from __future__ import annotations`` makes them strings)."""
-    func = target.__init__ if inspect.isclass(target) else target
+def _hints(func: Callable) -> dict[str, Any]:
+    """Resolved annotations (``from __future__ import annotations`` makes them strings)."""
     try:
-        hints = typing.get_type_hints(func)
+        return typing.get_type_hints(func)
     except Exception:  # unresolvable forward references: skip the type check rather than fail
-        return inspect.Parameter.empty
-    return hints.get(name, param.annotation)
+        return {}
 
 
 _JSON_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",

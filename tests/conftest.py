@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny digits config that trains in about a second on CPU."""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import parse_config  # noqa: E402,F401  (registers every built-in component)
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "arch": {"type": "ResNet32", "args": {"num_classes": 10, "in_channels": 1, "width": 4}},
+    "data_loader": {"type": "DigitsLT", "args": {"batch_size": 64, "imb_factor": 0.1, "validation": "heldout"}},
+    "loss": {"type": "CrossEntropy", "args": {}},
+    "metrics": [{"type": "accuracy", "args": {}}, {"type": "top5", "args": {}},
+                {"type": "shot_accuracy", "args": {"many_threshold": 60, "few_threshold": 20}},
+                {"type": "ece", "args": {}}],
+    "optimizer": {"type": "SGD", "args": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}},
+    "lr_scheduler": {"type": "WarmupMultiStepLR", "args": {"milestones": [2], "gamma": 0.1, "warmup_epochs": 1}},
+    "trainer": {"type": "ClassifierTrainer",
+                "args": {"epochs": 2, "save_dir": "saved", "monitor": "max val_accuracy", "tensorboard": False}},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A fresh copy of the tiny config saving under ``tmp_path/saved``."""
+    config = copy.deepcopy(TINY)
+    config["trainer"]["args"]["save_dir"] = str(tmp_path / "saved")
+    return config

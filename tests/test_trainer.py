@@ -1,0 +1,247 @@
+"""BaseTrainer behaviour on real (tiny) runs: exact resume, atomic checkpoints, NaN stop, plugins."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import train
+import utils.checkpoint as checkpoint_module
+from parse_config import ConfigParser
+from utils.checkpoint import load_checkpoint
+from utils.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+
+def run(config: dict, run_id: str | None, resume=None):
+    """Train like train.py does, in-process; returns the trainer."""
+    parsed = ConfigParser(config, run_id=run_id, resume=resume)
+    trainer = train.build_trainer(parsed)
+    if resume:
+        trainer.resume(resume)
+    parsed.prepare_run_dirs()
+    trainer.train()
+    trainer.close()
+    return trainer
+
+
+def assert_same_state(a: dict, b: dict, path="state"):
+    assert type(a) is type(b), path
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_three_epochs_equal_two_plus_resume_one(tiny_config, tmp_path):
+    straight = dict(tiny_config, trainer={**tiny_config["trainer"],
+                                          "args": {**tiny_config["trainer"]["args"], "epochs": 3}})
+    run(straight, "straight")
+    run(tiny_config, "split")  # 2 epochs
+    split_dir = tmp_path / "saved" / "models" / "tiny" / "split"
+    after_two = load_checkpoint(split_dir / "latest.pth")
+    assert after_two["epoch"] == 2
+    resume_config = after_two["config"]
+    resume_config["trainer"]["args"]["epochs"] = 3
+    run(resume_config, None, resume=split_dir / "latest.pth")
+
+    a = load_checkpoint(tmp_path / "saved" / "models" / "tiny" / "straight" / "latest.pth")
+    b = load_checkpoint(split_dir / "latest.pth")
+    assert a["epoch"] == b["epoch"] == 3
+    for key in ("model", "optimizer", "lr_scheduler", "grad_scaler", "rng"):
+        assert_same_state(a[key], b[key], key)
+    assert a["monitor_best"] == b["monitor_best"]
+    # the run really trained: weights moved away from the epoch-2 checkpoint
+    assert not torch.equal(a["model"]["classifier.weight"], after_two["model"]["classifier.weight"])
+
+
+def test_checkpoint_contents_load_weights_only(tiny_config, tmp_path):
+    run(tiny_config, "r")
+    run_dir = tmp_path / "saved" / "models" / "tiny" / "r"
+    assert {p.name for p in run_dir.iterdir()} == {"config.json", "latest.pth", "model_best.pth"}
+    state = torch.load(run_dir / "latest.pth", weights_only=True)
+    for key in ("model", "optimizer", "lr_scheduler", "grad_scaler", "rng", "epoch", "monitor_best", "config"):
+        assert key in state
+    assert state["config"] == json.loads((run_dir / "config.json").read_text())
+    assert (tmp_path / "saved" / "log" / "tiny" / "r" / "train.log").read_text().count("epoch 2/2") == 1
+
+
+def test_periodic_checkpoints(tiny_config, tmp_path):
+    tiny_config["trainer"]["args"].update(epochs=4, save_period=2, monitor="off")
+    run(tiny_config, "p")
+    names = {p.name for p in (tmp_path / "saved" / "models" / "tiny" / "p").iterdir()}
+    assert names == {"config.json", "latest.pth", "checkpoint-epoch2.pth", "checkpoint-epoch4.pth"}
+
+
+def test_early_stop_counts_epochs_without_improvement(tiny_config, tmp_path):
+    # monitoring the training loss with "max" never improves after epoch 1
+    tiny_config["trainer"]["args"].update(epochs=10, monitor="max neg", early_stop=2)
+    tiny_config["optimizer"]["args"]["lr"] = 0.0
+    tiny_config["metrics"] = []
+    with pytest.raises(ConfigError, match=re.escape('"neg" is not in the epoch log; available: loss')):
+        run(tiny_config, "e1")
+    tiny_config["trainer"]["args"]["monitor"] = "min val_loss"
+    trainer = run(tiny_config, "e2")  # lr 0: the validation loss never changes, so never improves after epoch 1
+    state = load_checkpoint(tmp_path / "saved" / "models" / "tiny" / "e2" / "latest.pth")
+    assert state["epoch"] == 3 and trainer.not_improved == 2
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tiny_config, tmp_path, monkeypatch):
+    run(tiny_config, "c")
+    run_dir = tmp_path / "saved" / "models" / "tiny" / "c"
+    before = (run_dir / "latest.pth").read_bytes()
+    real_save = torch.save
+
+    def crash_midway(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(1000)  # a half-written file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_midway)
+    state = load_checkpoint(run_dir / "latest.pth")
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_module.save_checkpoint(state, run_dir / "latest.pth")
+    monkeypatch.undo()
+    assert (run_dir / "latest.pth").read_bytes() == before
+    assert load_checkpoint(run_dir / "latest.pth")["epoch"] == 2
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "latest.pth", "model_best.pth"]
+
+
+def test_disk_full_gives_clear_error_and_keeps_previous(tiny_config, tmp_path, monkeypatch):
+    run(tiny_config, "f")
+    run_dir = tmp_path / "saved" / "models" / "tiny" / "f"
+    before = (run_dir / "latest.pth").read_bytes()
+
+    def full(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full)
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*latest.pth: the disk is full"):
+        checkpoint_module.save_checkpoint({"epoch": 9}, run_dir / "latest.pth")
+    assert (run_dir / "latest.pth").read_bytes() == before
+    assert not [p for p in run_dir.iterdir() if ".tmp-" in p.name]
+
+
+def test_truncated_or_foreign_checkpoints_give_clear_errors(tiny_config, tmp_path):
+    run(tiny_config, "t")
+    good = tmp_path / "saved" / "models" / "tiny" / "t" / "latest.pth"
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
+        load_checkpoint(text)
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this framework"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "ltframework-checkpoint", "x": Exploit()}, evil)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+PLUGIN = textwrap.dedent('''
+    import math
+    import torch
+    from torch import nn
+    from utils.registry import LOSSES, MODELS
+
+    @MODELS.register()
+    class TinyLinear(nn.Module):
+        """A linear model on flattened images (test plugin)."""
+        def __init__(self, num_classes: int, in_features: int = 64):
+            super().__init__()
+            self.fc = nn.Linear(in_features, num_classes)
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    @LOSSES.register()
+    class NaNAfter(nn.Module):
+        """Cross-entropy that turns NaN after `calls` batches (test plugin)."""
+        def __init__(self, calls: int):
+            super().__init__()
+            self.calls, self.seen = calls, 0
+        def forward(self, output, target):
+            self.seen += 1
+            loss = nn.functional.cross_entropy(output, target)
+            return loss * math.nan if self.seen > self.calls and self.training else loss
+''')
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    name = f"user_plugin_{os.getpid()}_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+    from utils.registry import LOSSES, MODELS
+    MODELS._entries.pop("TinyLinear", None)
+    LOSSES._entries.pop("NaNAfter", None)
+
+
+def test_plugin_named_in_config_is_registered_and_built(tiny_config, tmp_path, plugin_module):
+    tiny_config["plugins"] = [plugin_module]
+    tiny_config["arch"] = {"type": "TinyLinear", "args": {}}  # num_classes comes from the data
+    trainer = run(tiny_config, "plug")
+    assert type(trainer.raw_model).__name__ == "TinyLinear"
+    assert trainer.raw_model.fc.out_features == 10
+    assert (tmp_path / "saved" / "models" / "tiny" / "plug" / "model_best.pth").exists()
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_config, tmp_path, plugin_module):
+    tiny_config["plugins"] = [plugin_module]
+    tiny_config["loss"] = {"type": "NaNAfter", "args": {"calls": 8}}  # ~6 batches per epoch: NaN in epoch 2
+    tiny_config["trainer"]["args"]["epochs"] = 3
+    with pytest.raises(NonFiniteLossError, match=r"non-finite \(NaN or Inf\) at epoch 2, batch \d"):
+        run(tiny_config, "nan")
+    run_dir = tmp_path / "saved" / "models" / "tiny" / "nan"
+    state = load_checkpoint(run_dir / "latest.pth")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    log = (tmp_path / "saved" / "log" / "tiny" / "nan" / "train.log").read_text()
+    assert "non-finite" in log
+
+
+def test_failed_validation_creates_no_run_directory(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_config["arch"]["args"]["num_clases"] = 10
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(tiny_config))
+    with pytest.raises(ConfigError):
+        train.main(["-c", str(path)])
+    tiny_config["arch"]["args"].pop("num_clases")
+    tiny_config["optimizer"]["args"]["lr"] = -1.0  # caught when building, still before any write
+    path.write_text(json.dumps(tiny_config))
+    with pytest.raises(ConfigError, match=re.escape('config["optimizer"] (SGD): Invalid learning rate')):
+        train.main(["-c", str(path)])
+    assert not (tmp_path / "saved").exists()
+
