@@ -18,9 +18,10 @@ import importlib
 import json
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import data_loader  # noqa: F401  (registers the built-in data loaders)
 import model  # noqa: F401  (registers models, losses, metrics)
@@ -228,7 +229,7 @@ class ConfigParser:
         return parser
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ConfigParser":
+    def from_args(cls, args: argparse.Namespace) -> ConfigParser:
         """Build from parsed command-line options (see :meth:`add_arguments`)."""
         if not args.config and not args.resume:
             raise ConfigError("give a config with -c CONFIG.json, or a checkpoint to resume with -r CKPT.pth")

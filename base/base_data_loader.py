@@ -6,7 +6,7 @@ labels, test-time splits) without a second pass. Under ``torchrun`` every loader
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -159,12 +159,16 @@ class BaseTrainer(ABC):
             raise CheckpointError(f"init_from {path}: shapes differ for {', '.join(wrong[:5])}; the checkpoint "
                                   "was trained with a different architecture or number of classes")
         if not set(state) & set(own):
-            raise CheckpointError(f"init_from {path}: no parameter names in common with {type(self.raw_model).__name__}")
+            raise CheckpointError(f"init_from {path}: no parameter names in common with "
+                                  f"{type(self.raw_model).__name__}")
         result = self.raw_model.load_state_dict(state, strict=False)
-        self.logger.info(f"Initialised from {path}"
-                         + (f"; kept initial values for {len(result.missing_keys)} tensors not in it "
-                            f"({', '.join(result.missing_keys[:4])}...)" if result.missing_keys else "")
-                         + (f"; ignored {len(result.unexpected_keys)} of its tensors" if result.unexpected_keys else ""))
+        message = f"Initialised from {path}"
+        if result.missing_keys:
+            message += (f"; kept initial values for {len(result.missing_keys)} tensors not in it "
+                        f"({', '.join(result.missing_keys[:4])}...)")
+        if result.unexpected_keys:
+            message += f"; ignored {len(result.unexpected_keys)} of its tensors"
+        self.logger.info(message)
 
     # --- what subclasses implement ----------------------------------------------------------------
     @abstractmethod
@@ -182,7 +186,7 @@ class BaseTrainer(ABC):
         """Extra state a subclass keeps in checkpoints (tensors, numbers, strings, lists, dicts)."""
         return {}
 
-    def load_trainer_state(self, state: dict[str, Any]) -> None:
+    def load_trainer_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore what :meth:`trainer_state` returned."""
 
     # --- helpers for subclasses -------------------------------------------------------------------

@@ -110,7 +110,8 @@ class DigitsLT(BaseDataLoader):
 
     @property
     def validation_source(self) -> str:
-        return {"heldout": f"held-out balanced split ({len(self._splits['heldout'])} images, disjoint from train and test)",
+        n_val = len(self._splits["heldout"])
+        return {"heldout": f"held-out balanced split ({n_val} images, disjoint from train and test)",
                 "test": f"test split ({len(self._splits['test'])} images): selecting on test follows the CIFAR-LT "
                         "papers' protocol; set validation=\"heldout\" for a clean estimate",
                 "none": "none"}[self.validation]

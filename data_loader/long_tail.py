@@ -1,7 +1,7 @@
 """The long-tailed imbalance profile shared by every dataset (Cui et al. 2019; LDAM; MiSLAS; SADE)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ many/medium/few group) is ``None``, never NaN.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import inspect
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler

@@ -12,7 +12,8 @@ import difflib
 import inspect
 import types
 import typing
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from utils.errors import ConfigError, format_path
 
