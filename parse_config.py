@@ -47,7 +47,7 @@ REQUIRED_KEYS = ("name", "arch", "data_loader", "trainer")
 # section -> (registry, names the framework supplies at build time so the config need not set them)
 COMPONENTS: dict[str, tuple[Registry, frozenset[str]]] = {
     "arch": (MODELS, frozenset({"num_classes"})),
-    "data_loader": (DATA_LOADERS, frozenset({"training"})),
+    "data_loader": (DATA_LOADERS, frozenset({"training", "device"})),
     "loss": (LOSSES, frozenset({"cls_num_list"})),
     "optimizer": (OPTIMIZERS, frozenset({"params"})),
     "lr_scheduler": (SCHEDULERS, frozenset({"optimizer", "total_epochs"})),
@@ -313,13 +313,18 @@ class ConfigParser:
             return [METRICS.build(spec, ("metrics", i), optional=optional)
                     for i, spec in enumerate(self._config.get("metrics", []))]
 
-    def build_data_loader(self, training: bool = True, **overrides: Any):
-        """The configured data loader; ``overrides`` replace config args (e.g. ``shuffle=False``)."""
+    def build_data_loader(self, training: bool = True, device: Any = None, **overrides: Any):
+        """The configured data loader; ``overrides`` replace config args (e.g. ``shuffle=False``).
+
+        ``device`` is passed to loaders that take a ``device`` argument (those that keep their data
+        on the training device and augment it there); the config may set it itself.
+        """
         spec = copy.deepcopy(self._config["data_loader"])
         spec.setdefault("args", {})
         spec["args"] = {**(spec["args"] or {}), **overrides, "training": training}
+        optional = {"device": device} if device is not None else {}
         with self.located():
-            return DATA_LOADERS.build(spec, ("data_loader",))
+            return DATA_LOADERS.build(spec, ("data_loader",), optional=optional)
 
     # --- run directories --------------------------------------------------------------------------
     def prepare_run_dirs(self) -> None:

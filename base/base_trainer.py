@@ -106,7 +106,7 @@ class BaseTrainer(ABC):
         return getattr(self.data_loader, "num_classes", len(counts) if counts is not None else None)
 
     def build_data(self):
-        loader = self.config.build_data_loader(training=True)
+        loader = self.config.build_data_loader(training=True, device=self.device)
         return loader, loader.split_validation()
 
     def build_model(self) -> nn.Module:
@@ -395,7 +395,7 @@ class BaseTrainer(ABC):
         ``output_dir`` is for trainers that write per-sample outputs (denoised spectra); classification
         trainers write none.
         """
-        loader = self.config.build_data_loader(training=False, shuffle=False)
+        loader = self.config.build_data_loader(training=False, device=self.device)
         metrics = self.evaluate(loader)
         return {"metrics": metrics, "n": len(loader.dataset)}
 

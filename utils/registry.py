@@ -291,5 +291,9 @@ OPTIMIZERS = Registry("OPTIMIZERS", "optimizer", "called as cls(params, **args);
 SCHEDULERS = Registry("SCHEDULERS", "learning-rate scheduler",
                       "called as cls(optimizer, **args[, total_epochs]); stepped once per epoch")
 
+SAMPLERS = Registry("SAMPLERS", "sampler",
+                    "called as cls(targets, **args); a torch Sampler of dataset indices with set_epoch(epoch), "
+                    "sharded per rank under DDP")
+
 REGISTRIES = {"models": MODELS, "data_loaders": DATA_LOADERS, "losses": LOSSES, "metrics": METRICS,
-              "trainers": TRAINERS, "optimizers": OPTIMIZERS, "schedulers": SCHEDULERS}
+              "trainers": TRAINERS, "optimizers": OPTIMIZERS, "schedulers": SCHEDULERS, "samplers": SAMPLERS}
