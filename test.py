@@ -16,6 +16,7 @@ from train import build_trainer
 from utils import dist
 from utils.cli import format_metrics, run_cli, write_json
 from utils.errors import ConfigError
+from utils.plots import save_figure
 
 
 def main(argv=None) -> None:
@@ -44,6 +45,8 @@ def main(argv=None) -> None:
         write_json(args.out, {"metrics": result["metrics"], "n": result["n"], "checkpoint": str(args.resume),
                               **{k: v for k, v in result.items() if k not in ("metrics", "n")}})
         print(f"wrote {args.out}")
+        for tag, figure in trainer.figures(title=config.name).items():
+            print(f"wrote {save_figure(figure, Path(args.out).with_name(f'{Path(args.out).stem}_{tag}.png'))}")
 
 
 if __name__ == "__main__":

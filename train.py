@@ -61,6 +61,8 @@ def main(argv=None) -> None:
         result = trainer.test()
         if dist.is_main_process():
             trainer.logger.info(f"Test split ({result['n']} samples), {which}:\n{format_metrics(result['metrics'])}")
+            for tag, figure in trainer.figures(title="test").items():
+                trainer.writer.figure(f"test/{tag}", figure, trainer.last_epoch)
             if best.exists():
                 trainer.logger.info(f"Evaluate again with: python test.py -r {best}")
     trainer.close()

@@ -76,7 +76,7 @@ class BaseTrainer(ABC):
         self.monitor_mode, self.monitor_key = _parse_monitor(monitor)
         self.monitor_best = math.inf if self.monitor_mode == "min" else -math.inf
         self.not_improved = 0
-        self.start_epoch = 1
+        self.start_epoch = self.last_epoch = 1
         self.device = _select_device(device)
         dist.init_distributed(self.device)
         self.amp_dtype = _amp_dtype(amp, self.device)
@@ -182,6 +182,21 @@ class BaseTrainer(ABC):
     def _valid_epoch(self, epoch: int) -> dict[str, Any]:
         return self.evaluate(self.valid_loader)
 
+    def configure_inference(self, preference: list[float] | None = None,
+                            weights: list[float] | None = None) -> list[float] | None:
+        """Set how a multi-expert model combines its experts at inference; returns the preference in use.
+
+        Models without experts accept neither; trainers with experts (hypernetwork, SADE) override this.
+        """
+        if preference is not None or weights is not None:
+            raise ConfigError(f"{self.config['arch']['type']} has no experts: --preference and --weights apply to "
+                              "multi-expert (SADE / hypernetwork) checkpoints only")
+        return None
+
+    def figures(self, title: str = "") -> dict[str, Any]:
+        """Matplotlib figures describing the last evaluation (tag -> figure); none by default."""
+        return {}
+
     def trainer_state(self) -> dict[str, Any]:
         """Extra state a subclass keeps in checkpoints (tensors, numbers, strings, lists, dicts)."""
         return {}
@@ -259,7 +274,8 @@ class BaseTrainer(ABC):
             self.logger.error(str(err))
             raise
         finally:
-            self.writer.close()
+            self.writer.flush()  # closed by close(), so the final test can still add figures
+        self.last_epoch = log.get("epoch", self.start_epoch - 1)
         return log
 
     def _open_run(self) -> None:

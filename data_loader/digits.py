@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from base.base_data_loader import BaseDataLoader
 from data_loader.long_tail import long_tailed_counts, subsample_per_class
+from data_loader.test_agnostic import formula_splits
 from utils.registry import DATA_LOADERS
 
 _MEAN, _STD = 4.88 / 16, 6.02 / 16  # pixel mean/std of the whole digits set, after scaling to [0, 1]
@@ -115,6 +116,14 @@ class DigitsLT(BaseDataLoader):
                 "test": f"test split ({len(self._splits['test'])} images): selecting on test follows the CIFAR-LT "
                         "papers' protocol; set validation=\"heldout\" for a clean estimate",
                 "none": "none"}[self.validation]
+
+    def test_targets(self) -> torch.Tensor:
+        """Labels of the balanced test set in index order, shape ``(10 * test_per_class,)``."""
+        return self._targets[self._splits["test"]].clone()
+
+    def test_agnostic_splits(self) -> dict[str, np.ndarray]:
+        """forward50..uniform..backward50 index sets of the test set, by the CIFAR formula."""
+        return formula_splits(self.test_targets().numpy(), self.num_classes)
 
     def split_validation(self):
         if self.validation == "none":

@@ -170,8 +170,9 @@ class CalibrationError(Metric):
     def update(self, logits, target):
         prob = torch.softmax(logits.float(), dim=1)
         conf, pred = prob.max(dim=1)
-        edges = torch.linspace(0, 1, self.n_bins + 1, device=conf.device)[1:-1]
-        bins = torch.bucketize(conf, edges, right=False)  # (lo, hi] bins
+        # float64 edges: float32 linspace puts 0.4 at 0.40000004 and moves edge values to the wrong bin
+        edges = torch.linspace(0, 1, self.n_bins + 1, dtype=torch.float64, device=conf.device)[1:-1]
+        bins = torch.bucketize(conf.double(), edges, right=False)  # (lo, hi] bins
         zeros = torch.zeros(self.n_bins, dtype=torch.float64, device=conf.device)
         self._add("count", zeros.index_add(0, bins, torch.ones_like(conf, dtype=torch.float64)))
         self._add("conf", zeros.index_add(0, bins, conf.double()))

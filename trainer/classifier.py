@@ -6,7 +6,10 @@ from typing import Any
 import torch
 
 from base.base_trainer import BaseTrainer
+from model.metric import CalibrationError, ShotAccuracy
+from utils import dist
 from utils.errors import ConfigError
+from utils.plots import accuracy_vs_frequency, reliability_diagram
 from utils.registry import TRAINERS
 
 
@@ -41,8 +44,6 @@ class ClassifierTrainer(BaseTrainer):
         return {"loss": float(self._mean_over_ranks(loss_sum, seen))}
 
     def _mean_over_ranks(self, total: torch.Tensor, count: int) -> torch.Tensor:
-        from utils import dist
-
         both = dist.all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,
                                                                               dtype=torch.float64)]))
         return both[0] / both[1].clamp_min(1)
@@ -72,3 +73,40 @@ class ClassifierTrainer(BaseTrainer):
             metric.sync()
             result.update(metric.compute())
         return result
+
+    @torch.no_grad()
+    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(N, C)`` float32 and labels ``(N,)`` on the CPU, row ``i`` being dataset index ``i``.
+
+        One forward pass per image; single-process (``test_all.py`` and test-time training use it).
+        """
+        self.raw_model.eval()
+        n = len(loader.dataset)
+        logits = targets = None
+        seen = torch.zeros(n, dtype=torch.bool)
+        for images, labels, index in loader:
+            images = self.to_device(images)[0]
+            with self.autocast():
+                out = self.model(images)
+            out = out.float().cpu()
+            if logits is None:
+                logits = torch.empty(n, out.shape[1])
+                targets = torch.full((n,), -1, dtype=torch.long)
+            logits[index], targets[index], seen[index] = out, labels.cpu(), True
+        if logits is None or not bool(seen.all()):
+            raise RuntimeError(f"predict: the loader yielded {int(seen.sum())} of {n} images; it must cover the "
+                               "whole dataset once, in any order")
+        return logits, targets
+
+    def figures(self, title: str = "") -> dict:
+        """Reliability diagram and per-class accuracy from the last evaluation's metric states."""
+        figs = {}
+        for metric in self.metrics:
+            if isinstance(metric, CalibrationError) and float(metric.state["count"].sum()) > 0:
+                figs["reliability"] = reliability_diagram(metric.state["count"], metric.state["conf"],
+                                                          metric.state["correct"], title=f"{title} reliability")
+            if isinstance(metric, ShotAccuracy) and float(metric.state["total"].sum()) > 0:
+                figs["class_accuracy"] = accuracy_vs_frequency(metric.state["correct"], metric.state["total"],
+                                                               self.cls_num_list, metric.groups,
+                                                               title=f"{title} per-class accuracy")
+        return figs

@@ -62,6 +62,10 @@ class TensorboardWriter:
         if self._writer is not None:
             self._writer.add_figure(tag, figure, step)
 
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -240,13 +240,18 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         return None
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if all(_type_problem(value, o) for o in options):
-            return " or ".join(filter(None, (_expects(o) for o in options))) or None
-        return None
+        # Members a JSON value can never be (a Tensor, a Module) are not judged; the others decide.
+        options = [o for o in typing.get_args(hint) if _understood(o)]
+        if not options or any(_type_problem(value, o) is None for o in options):
+            return None
+        return " or ".join(_type_problem(None, o) if typing.get_origin(o) is typing.Literal else _expects(o)
+                           for o in options)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
-        return None if value in allowed else "one of " + ", ".join(repr(a) for a in allowed)
+        # compare types too: in Python True == 1 == 1.0, in a config they are different values
+        if any(value == a and type(value) is type(a) for a in allowed):
+            return None
+        return "one of " + ", ".join(repr(a) for a in allowed)
     expected = _expects(hint)
     if expected is None:
         return None
@@ -262,6 +267,16 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     else:
         ok = isinstance(value, base)
     return None if ok else expected
+
+
+def _understood(hint: Any) -> bool:
+    """Whether :func:`_type_problem` can judge a JSON value against ``hint``."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_understood(o) for o in typing.get_args(hint))
+    return _expects(hint) is not None
 
 
 def _expects(hint: Any) -> str | None:

@@ -1,0 +1,129 @@
+"""Score a checkpoint on every test class distribution (the test-agnostic protocol of LADE/SADE/PRL).
+
+    python test_all.py -r saved/models/<name>/<run_id>/model_best.pth [--out results.json]
+                       [--preference a,b,c] [--weights a,b,c] [--set KEY=VALUE ...] [-d cpu]
+
+The model runs once over the full test set; every split (forward50 ... uniform ... backward50) is
+scored from those logits by index. Many/medium/few use the training class counts (the thresholds of the
+config's shot_accuracy metric, else many > 100 and few < 20). Writes
+{"splits": {name: {"n", "many", "medium", "few", "all"}}, "preference": [...] or null}, and with --out
+a reliability diagram and a per-class accuracy plot of the uniform split next to it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.metric import Accuracy, CalibrationError, ShotAccuracy
+from parse_config import ConfigParser
+from train import build_trainer
+from utils.cli import run_cli, write_json
+from utils.errors import ConfigError
+from utils.plots import accuracy_vs_frequency, reliability_diagram, save_figure
+
+
+def parse_vector(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as err:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers, e.g. {option} 0.2,0.3,0.5") from err
+    if any(v < 0 for v in values) or sum(values) <= 0:
+        raise ConfigError(f"{option} {text!r}: entries must be non-negative and not all zero")
+    return values
+
+
+def shot_settings(config: ConfigParser) -> dict[str, Any]:
+    """many/few thresholds or ranges of the config's shot_accuracy metric (defaults otherwise)."""
+    for spec in config.get("metrics", []):
+        if spec.get("type") == "shot_accuracy":
+            return dict(spec.get("args") or {})
+    return {}
+
+
+def score_split(logits: torch.Tensor, targets: torch.Tensor, cls_num_list, shot_args: dict) -> dict[str, Any]:
+    shots = ShotAccuracy(cls_num_list, **shot_args)
+    accuracy = Accuracy()
+    for metric in (shots, accuracy):
+        metric.update(logits, targets)
+    return {"n": int(len(targets)), **shots.compute(), "all": accuracy.compute()["accuracy"]}
+
+
+def evaluate_all(trainer, loader, augmented_loader=None, shot_args: dict | None = None) -> dict[str, Any]:
+    """Scores of every test-agnostic split of ``loader`` from one pass of the model.
+
+    With ``augmented_loader`` (SADE's quirk, a switch of the CIFAR loaders) the non-uniform splits are
+    scored on one pass over training-augmented test images instead.
+    """
+    shot_args = shot_args or {}
+    logits, targets = trainer.predict(loader)
+    augmented = trainer.predict(augmented_loader)[0] if augmented_loader is not None else None
+    splits = loader.test_agnostic_splits()
+    results = {}
+    for name, index in splits.items():
+        index = torch.as_tensor(index, dtype=torch.long)
+        source = logits if augmented is None or name == "uniform" else augmented
+        results[name] = score_split(source[index], targets[index], loader.cls_num_list, shot_args)
+    return {"splits": results, "logits": logits, "targets": targets}
+
+
+def format_table(splits: dict[str, dict[str, Any]]) -> str:
+    rows = [f"{'split':<12}{'n':>7}{'many':>9}{'medium':>9}{'few':>9}{'all':>9}"]
+    for name, r in splits.items():
+        cells = ["-" if r[k] is None else f"{r[k]:.2f}" for k in ("many", "medium", "few", "all")]
+        rows.append(f"{name:<12}{r['n']:>7}" + "".join(f"{c:>9}" for c in cells))
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ConfigParser.add_arguments(parser, training=False)
+    parser.add_argument("--out", help="write the results as JSON to this file (and figures next to it)")
+    parser.add_argument("--preference", help="preference vector for hypernetwork experts, e.g. 0.1,0.1,0.8")
+    parser.add_argument("--weights", help="expert aggregation weights, e.g. 0.2,0.3,0.5 (default: mean)")
+    args = parser.parse_args(argv)
+    if not args.resume:
+        raise ConfigError("test_all.py needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
+    if args.config:
+        raise ConfigError("test_all.py takes the config from the checkpoint; change values with --set KEY=VALUE")
+    args.overrides.append("trainer.args.tensorboard=false")
+    config = ConfigParser.from_args(args)
+    trainer = build_trainer(config)
+    trainer.load_weights(args.resume)
+    preference = trainer.configure_inference(preference=parse_vector(args.preference, "--preference"),
+                                             weights=parse_vector(args.weights, "--weights"))
+    loader = config.build_data_loader(training=False, device=trainer.device)
+    if not hasattr(loader, "test_agnostic_splits") or not hasattr(trainer, "predict"):
+        raise ConfigError(f"{config.source}: test_all.py needs a classification checkpoint whose data loader "
+                          f"defines test-agnostic splits; {config['data_loader']['type']} / "
+                          f"{config['trainer']['type']} do not")
+    augmented = loader.augmented_test_loader() if getattr(loader, "augmented_split_scoring", False) else None
+    result = evaluate_all(trainer, loader, augmented, shot_settings(config))
+    print(f"{config.name}: {args.resume}; many/medium/few by training counts; "
+          + ("non-uniform splits scored on augmented images (SADE protocol)" if augmented is not None
+             else "deterministic test transform on every split"))
+    print(format_table(result["splits"]))
+    if args.out:
+        write_json(args.out, {"splits": result["splits"], "preference": preference, "checkpoint": str(args.resume)})
+        print(f"wrote {args.out}")
+        uniform = {"logits": result["logits"], "targets": result["targets"]}
+        for tag, fig in uniform_figures(uniform, loader.cls_num_list, shot_settings(config), config.name).items():
+            print(f"wrote {save_figure(fig, Path(args.out).with_name(f'{Path(args.out).stem}_{tag}.png'))}")
+
+
+def uniform_figures(predictions: dict, cls_num_list, shot_args: dict, title: str) -> dict:
+    calibration, shots = CalibrationError(), ShotAccuracy(cls_num_list, **shot_args)
+    for metric in (calibration, shots):
+        metric.update(predictions["logits"], predictions["targets"])
+    return {"reliability": reliability_diagram(calibration.state["count"], calibration.state["conf"],
+                                               calibration.state["correct"], title=f"{title} reliability"),
+            "class_accuracy": accuracy_vs_frequency(shots.state["correct"], shots.state["total"], cls_num_list,
+                                                    shots.groups, title=f"{title} per-class accuracy")}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,91 @@
+"""Figures for classification runs: reliability diagram and accuracy against class frequency.
+
+Both are drawn from accumulated metric state (bin counts, per-class counts), so they cost nothing extra
+after an evaluation. They return matplotlib figures; callers save them as PNG and/or send them to
+TensorBoard.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def reliability_diagram(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torch.Tensor,
+                        title: str = "Reliability diagram"):
+    """Accuracy against confidence per equal-width bin, with the gap to the diagonal shaded.
+
+    Args:
+        count, conf_sum, correct_sum: per-bin sample count, summed confidence and summed correctness
+            (the state of ``model.metric.CalibrationError``), each of shape ``(n_bins,)``.
+    """
+    count, conf_sum, correct_sum = (np.asarray(t.cpu(), dtype=float) for t in (count, conf_sum, correct_sum))
+    n_bins = len(count)
+    edges = np.linspace(0, 1, n_bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    filled = count > 0
+    accuracy = np.divide(correct_sum, count, out=np.zeros_like(count), where=filled)
+    confidence = np.divide(conf_sum, count, out=centers.copy(), where=filled)
+    gaps = np.abs(accuracy - confidence)[filled]
+    ece = 100 * float((count[filled] / count.sum() * gaps).sum()) if filled.any() else 0.0
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), height_ratios=[3, 1], sharex=True)
+    width = 1 / n_bins
+    top.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", color="#4c72b0", label="accuracy")
+    top.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width,
+            color="#dd8452", alpha=0.5, edgecolor="#dd8452", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1)
+    top.set(ylabel="accuracy", ylim=(0, 1), title=f"{title} (ECE {ece:.2f}%)")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centers, count / max(count.sum(), 1), width=width, color="gray", edgecolor="black")
+    bottom.set(xlabel="confidence", ylabel="fraction", xlim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_frequency(correct: torch.Tensor, total: torch.Tensor, cls_num_list: Sequence[int],
+                          groups: dict[str, list[int]] | None = None, title: str = "Per-class accuracy"):
+    """Test accuracy of each class (bars) against its number of training images (line, log scale).
+
+    Args:
+        correct, total: per-class correct predictions and test images, shape ``(C,)``.
+        cls_num_list: training images per class.
+        groups: optional many/medium/few class lists, drawn as shaded bands.
+    """
+    correct, total = np.asarray(correct.cpu(), dtype=float), np.asarray(total.cpu(), dtype=float)
+    accuracy = np.divide(correct, total, out=np.full_like(total, np.nan), where=total > 0) * 100
+    order = np.argsort(-np.asarray(cls_num_list), kind="stable")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    positions = np.arange(len(order))
+    ax.bar(positions, accuracy[order], width=0.8, color="#4c72b0", edgecolor="none", zorder=3)
+    ax.set(xlabel="classes, most to least frequent in training", ylabel="test accuracy (%)", ylim=(0, 100),
+           title=title)
+    if groups:
+        colours = {"many": "#55a868", "medium": "#ccb974", "few": "#c44e52"}
+        rank = {cls: i for i, cls in enumerate(order)}
+        for name, classes in groups.items():
+            if classes:
+                where = [rank[c] for c in classes]
+                ax.axvspan(min(where) - 0.5, max(where) + 0.5, color=colours.get(name, "gray"), alpha=0.25,
+                           label=name, zorder=0)
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    counts_axis = ax.twinx()
+    counts_axis.plot(positions, np.asarray(cls_num_list)[order], color="black", linewidth=1.2)
+    counts_axis.set_yscale("log")
+    counts_axis.set_ylabel("training images")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
