@@ -16,7 +16,12 @@ CONFIGS = list(iter_config_files(ROOT / "configs"))
 
 # How to build each registered entry for a smoke test: models get a small image batch, data loaders
 # must build without downloads. Entries needing data on disk list their arguments here.
-MODEL_INPUTS = {"ResNet32": dict(args={"num_classes": 7, "in_channels": 3}, shape=(4, 3, 32, 32))}
+MODEL_INPUTS = {
+    "ResNet32": dict(args={"num_classes": 7, "in_channels": 3}, shape=(4, 3, 32, 32)),
+    "ResNet50": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
+    "ResNeXt50": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
+    "ResNet152": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
+}
 DATA_LOADER_ARGS = {"DigitsLT": {"batch_size": 16}}
 
 
