@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from base.base_model import BaseModel
+from base.base_model import BackboneClassifier
 from utils.registry import MODELS
 
 
@@ -63,29 +63,24 @@ class ResNetCifarBackbone(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-class ResNetCifar(BaseModel):
-    """Backbone + linear classifier. ``forward(x: (N, in_channels, H, W)) -> logits (N, num_classes)``.
+class ResNetCifar(BackboneClassifier):
+    """Backbone + linear classifier (+ optional LWS). ``forward(x: (N, in_channels, H, W)) -> (N, num_classes)``."""
 
-    ``backbone`` and ``classifier`` are separate attributes so two-stage methods (cRT, MiSLAS, LNR) can
-    freeze one and re-learn the other.
-    """
-
-    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, width: int = 16):
-        super().__init__()
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, width: int = 16, lws: bool = False):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if in_channels < 1 or width < 1:
             raise ValueError(f"in_channels and width must be >= 1, got {in_channels}, {width}")
-        self.backbone = ResNetCifarBackbone((depth - 2) // 6, in_channels, width)
-        self.classifier = nn.Linear(self.backbone.out_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(x))
+        backbone = ResNetCifarBackbone((depth - 2) // 6, in_channels, width)
+        super().__init__(backbone, backbone.out_features, num_classes, lws)
 
 
 @MODELS.register()
-def ResNet32(num_classes: int, in_channels: int = 3, width: int = 16) -> ResNetCifar:
-    """ResNet-32 for CIFAR-sized images (5 basic blocks per stage, 16/32/64 channels, linear classifier)."""
-    return ResNetCifar(32, num_classes, in_channels, width)
+def ResNet32(num_classes: int, in_channels: int = 3, width: int = 16, lws: bool = False) -> ResNetCifar:
+    """ResNet-32 for CIFAR-sized images (5 basic blocks per stage, 16/32/64 channels, linear classifier).
+
+    ``lws`` adds MiSLAS's learnable per-class logit scale (stage 2).
+    """
+    return ResNetCifar(32, num_classes, in_channels, width, lws)

@@ -13,32 +13,26 @@ import torch
 import torchvision
 from torch import nn
 
-from base.base_model import BaseModel
+from base.base_model import BackboneClassifier
 from utils.errors import CheckpointError
 from utils.registry import MODELS
 
 
-class TorchvisionResNet(BaseModel):
-    """A torchvision ResNet split into ``backbone`` (to pooled features) and ``classifier``.
+class TorchvisionResNet(BackboneClassifier):
+    """A torchvision ResNet split into ``backbone`` (to pooled features) and ``classifier`` (+ optional LWS).
 
     ``forward(x: (N, 3, H, W)) -> logits (N, num_classes)``.
     """
 
-    def __init__(self, arch: str, num_classes: int, pretrained: str | None = None, zero_init_residual: bool = False):
-        super().__init__()
+    def __init__(self, arch: str, num_classes: int, pretrained: str | None = None, lws: bool = False):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        net = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
+        net = getattr(torchvision.models, arch)(weights=None)
         if pretrained is not None:
             _load_pretrained(net, Path(pretrained))
         features = net.fc.in_features
         net.fc = nn.Identity()
-        self.backbone = net
-        self.backbone.out_features = features
-        self.classifier = nn.Linear(features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(x))
+        super().__init__(net, features, num_classes, lws)
 
 
 def _load_pretrained(net: nn.Module, path: Path) -> None:
@@ -59,18 +53,18 @@ def _load_pretrained(net: nn.Module, path: Path) -> None:
 
 
 @MODELS.register()
-def ResNet50(num_classes: int, pretrained: str | None = None) -> TorchvisionResNet:
+def ResNet50(num_classes: int, pretrained: str | None = None, lws: bool = False) -> TorchvisionResNet:
     """ResNet-50 (torchvision blocks), linear classifier; iNaturalist 2018 backbone."""
-    return TorchvisionResNet("resnet50", num_classes, pretrained)
+    return TorchvisionResNet("resnet50", num_classes, pretrained, lws)
 
 
 @MODELS.register()
-def ResNeXt50(num_classes: int, pretrained: str | None = None) -> TorchvisionResNet:
+def ResNeXt50(num_classes: int, pretrained: str | None = None, lws: bool = False) -> TorchvisionResNet:
     """ResNeXt-50 32x4d (torchvision blocks), linear classifier; ImageNet-LT backbone."""
-    return TorchvisionResNet("resnext50_32x4d", num_classes, pretrained)
+    return TorchvisionResNet("resnext50_32x4d", num_classes, pretrained, lws)
 
 
 @MODELS.register()
-def ResNet152(num_classes: int, pretrained: str | None = None) -> TorchvisionResNet:
+def ResNet152(num_classes: int, pretrained: str | None = None, lws: bool = False) -> TorchvisionResNet:
     """ResNet-152 (torchvision blocks), linear classifier; Places-LT backbone (start from ImageNet weights)."""
-    return TorchvisionResNet("resnet152", num_classes, pretrained)
+    return TorchvisionResNet("resnet152", num_classes, pretrained, lws)

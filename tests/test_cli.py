@@ -41,7 +41,7 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
                "--set", "arch.type=ResNet23", cwd=tmp_path)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert "unknown model 'ResNet23' in registry MODELS. Did you mean 'ResNet32'?" in done.stderr
+    assert "unknown model 'ResNet23' in registry MODELS. Did you mean 'ResNet32'" in done.stderr
     assert not (tmp_path / "saved").exists()
 
 
