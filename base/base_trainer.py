@@ -82,6 +82,7 @@ class BaseTrainer(ABC):
         self.amp_dtype = _amp_dtype(amp, self.device)
         self.logger = get_logger(verbose=dist.is_main_process())
         self.writer = TensorboardWriter(None, enabled=False)
+        self._startup_notes: list[str] = []
 
         self.data_loader, self.valid_loader = self.build_data()
         self.raw_model = self.build_model().to(self.device)
@@ -169,6 +170,7 @@ class BaseTrainer(ABC):
         if result.unexpected_keys:
             message += f"; ignored {len(result.unexpected_keys)} of its tensors"
         self.logger.info(message)
+        self._startup_notes.append(message)  # repeated in the run's log file once it exists
 
     # --- what subclasses implement ----------------------------------------------------------------
     @abstractmethod
@@ -289,6 +291,8 @@ class BaseTrainer(ABC):
                          f"parameters; device {self.device}"
                          + (f" x {dist.world_size()} processes" if dist.is_distributed() else "")
                          + (f"; autocast {self.amp_dtype}" if self.amp_dtype else ""))
+        for note in self._startup_notes:
+            self.logger.info(note)
         if self.monitor_mode != "off":
             source = getattr(self.data_loader, "validation_source", "the validation loader")
             self.logger.info(f"Model selection: {self.monitor_mode} {self.monitor_key} on {source}")

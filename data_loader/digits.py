@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from base.base_data_loader import BaseDataLoader
 from data_loader.long_tail import long_tailed_counts, subsample_per_class
 from data_loader.test_agnostic import formula_splits
-from utils.registry import DATA_LOADERS
+from utils.registry import DATA_LOADERS, SAMPLERS
 
 _MEAN, _STD = 4.88 / 16, 6.02 / 16  # pixel mean/std of the whole digits set, after scaling to [0, 1]
 
@@ -76,12 +76,14 @@ class DigitsLT(BaseDataLoader):
         test_per_class, val_per_class: sizes of the balanced test and validation splits.
         n_max: images of the largest class; default: the smallest per-class pool (about 120).
         shift: random translation in pixels for training images (0 disables augmentation).
+        sampler: ``{"type": NAME, "args": {...}}`` of a registered sampler (e.g. class-aware) for the
+            training set; replaces shuffling.
     """
 
     def __init__(self, batch_size: int = 64, imb_factor: float = 0.1, training: bool = True,
                  validation: Literal["heldout", "test", "none"] = "heldout", test_per_class: int = 50,
                  val_per_class: int = 10, n_max: int | None = None, shift: int = 1, shuffle: bool = True,
-                 num_workers: int = 0):
+                 num_workers: int = 0, sampler: dict | None = None):
         if test_per_class < 1 or val_per_class < 0:
             raise ValueError("test_per_class must be >= 1 and val_per_class >= 0")
         if test_per_class + val_per_class > 150:
@@ -103,11 +105,15 @@ class DigitsLT(BaseDataLoader):
         self.validation = validation
         self._splits = {"test": test_idx, "heldout": val_idx}
         self._images, self._targets = images, targets
+        built_sampler = None
         if training:
             dataset = ImageTensorDataset(images[train_idx], targets[train_idx], shift)
+            if sampler is not None:
+                built_sampler = SAMPLERS.build(sampler, ("data_loader", "args", "sampler"),
+                                               targets=targets[train_idx].tolist())
         else:
             dataset, shuffle = ImageTensorDataset(images[test_idx], targets[test_idx]), False
-        super().__init__(dataset, batch_size, shuffle=shuffle, num_workers=num_workers)
+        super().__init__(dataset, batch_size, shuffle=shuffle, num_workers=num_workers, sampler=built_sampler)
 
     @property
     def validation_source(self) -> str:

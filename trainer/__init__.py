@@ -1,2 +1,2 @@
 """Trainers. Importing this package registers every trainer in ``TRAINERS``."""
-from trainer import classifier  # noqa: F401
+from trainer import classifier, lnr, mixup  # noqa: F401
