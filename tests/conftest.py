@@ -29,6 +29,18 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory):
+    """Full-size random CIFAR-10 (5,000 / 1,000 per class) and CIFAR-100 (500 / 100) in one directory.
+
+    Written once per session (about 300 MB); ``root`` is what a config's ``data_dir`` points at.
+    """
+    from fixtures import write_cifar
+
+    root = tmp_path_factory.mktemp("cifar")
+    return {"root": root, "10": write_cifar(root, "10", 5000, 1000), "100": write_cifar(root, "100", 500, 100)}
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """A fresh copy of the tiny config saving under ``tmp_path/saved``."""
