@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from parse_config import ConfigParser
-from train import build_trainer
+from train import trainer_for_checkpoint
 from utils import dist
 from utils.cli import format_metrics, run_cli, write_json
-from utils.errors import ConfigError
 from utils.plots import save_figure
 
 
@@ -26,16 +25,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data_dir", help="evaluate on this data directory instead of the config's")
     parser.add_argument("--save_dir", help="directory for per-sample outputs (trainers that write them)")
     args = parser.parse_args(argv)
-    if not args.resume:
-        raise ConfigError("test.py needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
-    if args.config:
-        raise ConfigError("test.py takes the config from the checkpoint; change values with --set KEY=VALUE")
     if args.data_dir:
         args.overrides.append(f"data_loader.args.data_dir={json.dumps(args.data_dir)}")
-    args.overrides.append("trainer.args.tensorboard=false")
-    config = ConfigParser.from_args(args)
-    trainer = build_trainer(config)
-    state = trainer.load_weights(args.resume)
+    config, trainer, state = trainer_for_checkpoint(args, "test.py")
     result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None)
     if not dist.is_main_process():
         return

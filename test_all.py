@@ -19,7 +19,7 @@ import torch
 
 from model.metric import Accuracy, CalibrationError, ShotAccuracy
 from parse_config import ConfigParser
-from train import build_trainer
+from train import trainer_for_checkpoint
 from utils.cli import run_cli, write_json
 from utils.errors import ConfigError
 from utils.plots import accuracy_vs_frequency, reliability_diagram, save_figure
@@ -86,14 +86,7 @@ def main(argv=None) -> None:
     parser.add_argument("--preference", help="preference vector for hypernetwork experts, e.g. 0.1,0.1,0.8")
     parser.add_argument("--weights", help="expert aggregation weights, e.g. 0.2,0.3,0.5 (default: mean)")
     args = parser.parse_args(argv)
-    if not args.resume:
-        raise ConfigError("test_all.py needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
-    if args.config:
-        raise ConfigError("test_all.py takes the config from the checkpoint; change values with --set KEY=VALUE")
-    args.overrides.append("trainer.args.tensorboard=false")
-    config = ConfigParser.from_args(args)
-    trainer = build_trainer(config)
-    trainer.load_weights(args.resume)
+    config, trainer, _ = trainer_for_checkpoint(args, "test_all.py")
     preference = trainer.configure_inference(preference=parse_vector(args.preference, "--preference"),
                                              weights=parse_vector(args.weights, "--weights"))
     loader = config.build_data_loader(training=False, device=trainer.device)

@@ -24,6 +24,19 @@ def build_trainer(config: ConfigParser):
     return config.build("trainer", config=config)
 
 
+def trainer_for_checkpoint(args, script: str):
+    """For evaluation scripts: the config stored in checkpoint ``args.resume`` (with ``--set`` overrides),
+    its trainer, and the checkpoint's weights loaded. Returns ``(config, trainer, checkpoint)``."""
+    if not args.resume:
+        raise ConfigError(f"{script} needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
+    if args.config:
+        raise ConfigError(f"{script} takes the config from the checkpoint; change values with --set KEY=VALUE")
+    args.overrides.append("trainer.args.tensorboard=false")
+    config = ConfigParser.from_args(args)
+    trainer = build_trainer(config)
+    return config, trainer, trainer.load_weights(args.resume)
+
+
 def list_registered(kind: str) -> str:
     key = kind.lower().rstrip("s") if kind != "all" else "all"
     chosen = {name: reg for name, reg in REGISTRIES.items() if kind == "all" or name.rstrip("s") == key}

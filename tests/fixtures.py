@@ -1,4 +1,5 @@
-"""Data files the tests generate: CIFAR pickles in torchvision's layout (no download)."""
+"""Helpers for the tests: in-process training runs, and data files the tests generate (CIFAR pickles in
+torchvision's layout; no download)."""
 from __future__ import annotations
 
 import pickle
@@ -37,3 +38,18 @@ def write_cifar(root: Path, variant: str, train_per_class: int, test_per_class: 
                                        b"coarse_labels": (train_y // 5).tolist()}, protocol)
         dump(root / folder / "test", {b"data": test_x, key: test_y.tolist()}, protocol)
     return {"root": root, "dir": root / folder, "train": (train_x, train_y), "test": (test_x, test_y)}
+
+
+def run_training(config: dict, run_id: str | None, resume: Path | None = None):
+    """Train like train.py does, in-process; returns ``(trainer, parsed config)``."""
+    import train
+    from parse_config import ConfigParser
+
+    parsed = ConfigParser(config, run_id=run_id, resume=resume)
+    trainer = train.build_trainer(parsed)
+    if resume:
+        trainer.resume(resume)
+    parsed.prepare_run_dirs()
+    trainer.train()
+    trainer.close()
+    return trainer, parsed

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from fixtures import dump, write_cifar
+from fixtures import dump, run_training, write_cifar
 
 import test_all
 import train
@@ -425,15 +425,6 @@ def smoke_config(tiny_config: dict, root: Path, epochs: int) -> dict:
     return config
 
 
-def run(config: dict, run_id: str | None, resume: Path | None = None):
-    parsed = ConfigParser(config, run_id=run_id, resume=resume)
-    trainer = train.build_trainer(parsed)
-    if resume:
-        trainer.resume(resume)
-    parsed.prepare_run_dirs()
-    trainer.train()
-    trainer.close()
-    return trainer
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small100, tiny_config, tmp_path):
@@ -464,3 +455,7 @@ def test_cuda_batches_stay_on_the_device_and_match_cpu(small100):
     images, labels, index = next(iter(augmented))
     assert images.is_cuda and images.dtype == torch.float32 and images.shape == (64, 3, 32, 32)
     assert torch.equal(labels.cpu(), augmented.dataset.targets[index]) and bool(torch.isfinite(images).all())
+
+
+def run(config: dict, run_id: str | None, resume=None):
+    return run_training(config, run_id, resume)[0]

@@ -5,21 +5,11 @@ import copy
 
 import pytest
 import torch
+from fixtures import run_training as run
 
 import train
 from parse_config import ConfigParser
 from utils.checkpoint import load_checkpoint
-
-
-def run(config: dict, run_id: str | None, resume=None):
-    parsed = ConfigParser(config, run_id=run_id, resume=resume)
-    trainer = train.build_trainer(parsed)
-    if resume:
-        trainer.resume(resume)
-    parsed.prepare_run_dirs()
-    trainer.train()
-    trainer.close()
-    return trainer, parsed
 
 
 @pytest.fixture

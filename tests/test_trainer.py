@@ -9,24 +9,12 @@ import textwrap
 
 import pytest
 import torch
+from fixtures import run_training
 
 import train
 import utils.checkpoint as checkpoint_module
-from parse_config import ConfigParser
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, ConfigError, NonFiniteLossError
-
-
-def run(config: dict, run_id: str | None, resume=None):
-    """Train like train.py does, in-process; returns the trainer."""
-    parsed = ConfigParser(config, run_id=run_id, resume=resume)
-    trainer = train.build_trainer(parsed)
-    if resume:
-        trainer.resume(resume)
-    parsed.prepare_run_dirs()
-    trainer.train()
-    trainer.close()
-    return trainer
 
 
 def assert_same_state(a: dict, b: dict, path="state"):
@@ -245,3 +233,7 @@ def test_failed_validation_creates_no_run_directory(tiny_config, tmp_path, monke
         train.main(["-c", str(path)])
     assert not (tmp_path / "saved").exists()
 
+
+
+def run(config: dict, run_id: str | None, resume=None):
+    return run_training(config, run_id, resume)[0]

@@ -26,15 +26,19 @@ class ClassifierTrainer(BaseTrainer):
         if self.criterion is None or self.optimizer is None:
             raise ConfigError(f'{config.source}: {type(self).__name__} needs "loss" and "optimizer" sections')
 
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch (already on the device); subclasses override this to change the objective."""
+        with self.autocast():
+            logits = self.model(images)
+        return self.criterion(logits, labels)
+
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
         bar = self.progress(self.data_loader, epoch)
-        for batch_idx, (images, labels, _) in enumerate(bar):
-            images, labels = self.to_device(images, labels)
-            with self.autocast():
-                logits = self.model(images)
-            loss = self.criterion(logits, labels)
+        for batch_idx, (images, labels, index) in enumerate(bar):
+            images, labels, index = self.to_device(images, labels, index)
+            loss = self.training_loss(images, labels, index)
             self.backward_step(loss, batch_idx)
             loss_sum += loss.detach() * len(labels)
             seen += len(labels)

@@ -61,6 +61,7 @@ class LNRTrainer(ClassifierTrainer):
         self.flip_threshold = flip_threshold if flip_threshold is not None else (
             7.5 if self.num_classes == 10 else 14.5)
         self.flipped: torch.Tensor | None = None  # new label per training index, -1 where unchanged
+        self._flipped_on_device: torch.Tensor | None = None
 
     def build_optimizer(self):
         self.raw_model.backbone.requires_grad_(False)  # frozen: its features come from stage 1
@@ -135,33 +136,22 @@ class LNRTrainer(ClassifierTrainer):
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         if self.flip and self.flipped is None:
             self.compute_flips()
-        model = self.raw_model
-        model.train()
-        model.backbone.train(self.shift_bn)
-        flipped = self.flipped.to(self.device) if self.flipped is not None else None
-        loss_sum = torch.zeros((), device=self.device)
-        seen = 0
-        bar = self.progress(self.data_loader, epoch)
-        for batch_idx, (images, labels, index) in enumerate(bar):
-            images, labels, index = self.to_device(images, labels, index)
-            if flipped is not None:
-                new = flipped[index]
-                labels = torch.where(new >= 0, new, labels)
-            with torch.no_grad(), self.autocast():
-                features = model.backbone(images)
-            with self.autocast():
-                logits = model.head(features.float())
-            loss = self.criterion(logits, labels)
-            self.backward_step(loss, batch_idx)
-            loss_sum += loss.detach() * len(labels)
-            seen += len(labels)
-            if batch_idx % self.log_step == 0:
-                self.check_finite(epoch)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        result = {"loss": float(self._mean_over_ranks(loss_sum, seen))}
+        self._flipped_on_device = self.flipped.to(self.device) if self.flipped is not None else None
+        self.raw_model.backbone.train(self.shift_bn)  # BN statistics shift on the balanced batches
+        result = super()._train_epoch(epoch)
         if self.flipped is not None:
             result["flips"] = int((self.flipped >= 0).sum())
         return result
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self._flipped_on_device is not None:  # the run's flips, by sample index
+            new = self._flipped_on_device[index]
+            labels = torch.where(new >= 0, new, labels)
+        with torch.no_grad(), self.autocast():
+            features = self.raw_model.backbone(images)
+        with self.autocast():
+            logits = self.raw_model.head(features.float())
+        return self.criterion(logits, labels)
 
     def trainer_state(self) -> dict[str, Any]:
         return {"flipped": self.flipped} if self.flipped is not None else {}

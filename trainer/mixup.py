@@ -1,8 +1,6 @@
 """MixupTrainer: stage 1 of MiSLAS / LNR, representation learning with mixup."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from model.lnr_methods import mixup_batch, remix_label_weight
@@ -36,25 +34,13 @@ class MixupTrainer(ClassifierTrainer):
         self.alpha, self.remix, self.kappa, self.tau = alpha, remix, kappa, tau
         self.cls_num = torch.as_tensor(self.cls_num_list, device=self.device)
 
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
-        loss_sum = torch.zeros((), device=self.device)
-        seen = 0
-        bar = self.progress(self.data_loader, epoch)
-        for batch_idx, (images, labels, _) in enumerate(bar):
-            images, labels = self.to_device(images, labels)
-            mixed, perm, lam = mixup_batch(images, self.alpha)
-            y_a, y_b = labels, labels[perm]
-            if self.remix:
-                share = remix_label_weight(lam, y_a, y_b, self.cls_num, self.kappa, self.tau)
-            else:
-                share = torch.full(labels.shape, lam, device=self.device)
-            with self.autocast():
-                logits = self.model(mixed)
-            loss = self.criterion(logits, y_a, share) + self.criterion(logits, y_b, 1 - share)
-            self.backward_step(loss, batch_idx)
-            loss_sum += loss.detach() * len(labels)
-            seen += len(labels)
-            if batch_idx % self.log_step == 0:
-                self.check_finite(epoch)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        return {"loss": float(self._mean_over_ranks(loss_sum, seen))}
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        mixed, perm, lam = mixup_batch(images, self.alpha)
+        y_a, y_b = labels, labels[perm]
+        if self.remix:
+            share = remix_label_weight(lam, y_a, y_b, self.cls_num, self.kappa, self.tau)
+        else:
+            share = torch.full(labels.shape, lam, device=labels.device)
+        with self.autocast():
+            logits = self.model(mixed)
+        return self.criterion(logits, y_a, share) + self.criterion(logits, y_b, 1 - share)
