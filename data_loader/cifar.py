@@ -295,6 +295,8 @@ class CIFARLT(TensorBatchLoader):
         self.augment_ops = list(augment)
         train_augment = BatchAugment(augment, mean, std, rotate_degrees=rotate_degrees)  # checks the op names
         self._plain = BatchAugment((), mean, std)
+        # SADE's test-time views (TwoCropsTransform): crop, flip, colour jitter, grayscale, blur
+        self._view_augment = BatchAugment(("crop", "flip", "color_jitter", "grayscale", "blur"), mean, std)
         self._train_augment = train_augment
         self.validation, self.val_per_class, self.training = validation, val_per_class, training
         self.augmented_split_scoring = augmented_split_scoring
@@ -423,6 +425,14 @@ class CIFARLT(TensorBatchLoader):
     def test_agnostic_splits(self) -> dict[str, np.ndarray]:
         """forward50..uniform..backward50 index sets of the test split, by the CIFAR formula."""
         return formula_splits(self.test_targets().numpy(), self.num_classes)
+
+    def view_loader(self, indices) -> TensorBatchLoader:
+        """Strongly augmented views of test images ``indices`` (in that order) for test-time training: SADE's
+        crop + flip + colour jitter (p 0.8) + grayscale (p 0.2) + blur (p 0.2); new draws every iteration."""
+        test = self._test_split()
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        subset = TensorImageSet(test.images[index.to(test.images.device)], test.targets[index], self._plain)
+        return self._eval_loader(subset, self._view_augment)
 
     def augmented_test_loader(self) -> TensorBatchLoader:
         """The test split in index order WITH the training augmentation (SADE's scoring of non-uniform splits).

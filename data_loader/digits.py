@@ -25,11 +25,12 @@ class ImageTensorDataset(Dataset):
     """In-memory images ``(N, C, H, W)`` float and labels; items are ``(image, label, index)``.
 
     With ``shift > 0`` each training image is translated by up to ``shift`` pixels (zero fill), the
-    small-image analogue of CIFAR's pad-and-crop.
+    small-image analogue of CIFAR's pad-and-crop; ``contrast`` c scales each image's contrast by a random
+    factor in [1 - c, 1 + c] (used for test-time training views).
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, shift: int = 0):
-        self.images, self.targets, self.shift = images, targets, shift
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, shift: int = 0, contrast: float = 0.0):
+        self.images, self.targets, self.shift, self.contrast = images, targets, shift, contrast
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -41,6 +42,9 @@ class ImageTensorDataset(Dataset):
             padded = torch.nn.functional.pad(image, (self.shift,) * 4)
             h, w = image.shape[-2:]
             image = padded[:, self.shift + dy:self.shift + dy + h, self.shift + dx:self.shift + dx + w]
+        if self.contrast:  # scale the pixel values around the image mean by a factor in [1 - c, 1 + c]
+            factor = 1 + self.contrast * (2 * torch.rand(()) - 1)
+            image = (image - image.mean()) * factor + image.mean()
         return image, int(self.targets[index]), index
 
 
@@ -130,6 +134,13 @@ class DigitsLT(BaseDataLoader):
     def test_agnostic_splits(self) -> dict[str, np.ndarray]:
         """forward50..uniform..backward50 index sets of the test set, by the CIFAR formula."""
         return formula_splits(self.test_targets().numpy(), self.num_classes)
+
+    def view_loader(self, indices) -> torch.utils.data.DataLoader:
+        """Augmented views (shift up to 2 pixels, contrast +-30%) of test images ``indices``, in that order;
+        every iteration draws new augmentations. For test-time training."""
+        idx = self._splits["test"][np.asarray(indices)]
+        return torch.utils.data.DataLoader(ImageTensorDataset(self._images[idx], self._targets[idx], 2, 0.3),
+                                           batch_size=self.batch_size, shuffle=False)
 
     def split_validation(self):
         if self.validation == "none":

@@ -52,6 +52,10 @@ class ClassifierTrainer(BaseTrainer):
                                                                               dtype=torch.float64)]))
         return both[0] / both[1].clamp_min(1)
 
+    def evaluation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss reported on validation/test data for logits ``(N, C)`` (the training criterion here)."""
+        return self.criterion(logits, labels)
+
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, Any]:
         """Mean loss and every metric over ``loader`` (rank shards are summed under DDP)."""
@@ -66,7 +70,7 @@ class ClassifierTrainer(BaseTrainer):
                 logits = self.model(images)
             logits = logits.float()
             if self.criterion is not None:
-                loss_sum += self.criterion(logits, labels) * len(labels)
+                loss_sum += self.evaluation_loss(logits, labels) * len(labels)
             seen += len(labels)
             for metric in self.metrics:
                 metric.update(logits, labels)

@@ -1,0 +1,87 @@
+"""The preference hypernetwork of PRL (Zhao et al., NeurIPS 2024).
+
+An MLP maps a preference vector on the simplex (one weight per expert) to the parameters of every
+expert's head, so one trained model holds a continuum of experts whose head/tail trade-off is chosen by
+the preference at inference.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PreferenceHypernet(nn.Module):
+    """Preference ``(E,)`` (or one per expert, ``(E, E)``) -> per-expert head parameters.
+
+    ``mode="classifier"``: each expert's cosine-classifier matrix ``(D, C)`` (the released CIFAR/ImageNet
+    model). With ``rank`` r the matrix is ``U(p) @ V``, ``U (D, r)`` generated and ``V (r, C)`` learned, so a
+    1,000-class head needs ``128 * E * D * r`` generator weights instead of ``128 * E * D * C`` (5.9e8 for
+    ImageNet-LT as released). ``mode="adapter"``: a square adapter ``(D, D)`` + bias per expert, applied as
+    ``relu(f @ A + b)`` before an ordinary classifier (the released iNaturalist variant); with ``rank`` the
+    adapter is ``U(p) @ V`` likewise (a full 1536 x 1536 adapter for 3 experts needs 9e8 generator weights).
+
+    The learnable default: the MLP sees ``h(p) = normalize(softplus(w) * p)`` with ``w`` learned (zero at
+    start, so ``h(p) = p``); with no preference given the input is ``h(uniform)``, the learned default
+    preference. Training and inference use the same ``h`` (the released code multiplies a learned ray into
+    the sampled one too).
+    """
+
+    def __init__(self, num_experts: int, feature_dim: int, num_classes: int, hidden: int = 128,
+                 mode: Literal["classifier", "adapter"] = "classifier", rank: int | None = None):
+        super().__init__()
+        if num_experts < 1 or hidden < 1:
+            raise ValueError(f"num_experts and hidden must be >= 1, got {num_experts}, {hidden}")
+        if rank is not None and rank < 1:
+            raise ValueError(f"rank must be >= 1 or null, got {rank}")
+        self.num_experts, self.feature_dim, self.num_classes = num_experts, feature_dim, num_classes
+        self.mode, self.rank = mode, rank
+        self.mlp = nn.Sequential(nn.Linear(num_experts, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden))
+        self.preference_scale = nn.Parameter(torch.zeros(num_experts))  # w of h(p), see the class docstring
+        if mode == "classifier":
+            width = rank if rank is not None else num_classes
+            self.head = nn.Linear(hidden, num_experts * feature_dim * width)
+            self.low_rank = nn.Parameter(torch.randn(num_experts, rank, num_classes) / rank ** 0.5) if rank else None
+        elif mode == "adapter":
+            width = rank if rank is not None else feature_dim
+            self.head = nn.Linear(hidden, num_experts * (feature_dim * width + feature_dim))
+            self.low_rank = nn.Parameter(torch.randn(num_experts, rank, feature_dim) / rank ** 0.5) if rank else None
+        else:
+            raise ValueError(f'mode must be "classifier" or "adapter", got {mode!r}')
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.normal_(self.head.bias, std=0.05)
+
+    def conditioning(self, preference: torch.Tensor | None) -> torch.Tensor:
+        """``h(p)``: the network's input, shape ``(E,)`` or ``(E, E)``."""
+        if preference is None:
+            preference = torch.full((self.num_experts,), 1.0 / self.num_experts, device=self.preference_scale.device)
+        scaled = F.softplus(self.preference_scale) * preference
+        return scaled / scaled.sum(dim=-1, keepdim=True)
+
+    def default_preference(self) -> torch.Tensor:
+        return self.conditioning(None).detach()
+
+    def forward(self, preference: torch.Tensor | None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Classifier mode: weights ``(E, D, C)``. Adapter mode: ``(A (E, D, D), b (E, D))``.
+
+        A preference of shape ``(E, E)`` conditions expert j on row j (the released code's per-expert draws).
+        """
+        h = self.conditioning(preference)
+        per_expert = h.dim() == 2
+        out = self.head(self.mlp(h))  # (P,) or (E, P)
+        E, D = self.num_experts, self.feature_dim
+        if self.mode == "adapter":
+            width = self.rank if self.rank is not None else D
+            out = out.view(*((E,) if per_expert else ()), E, D * width + D)
+            out = out.diagonal(dim1=0, dim2=1).T if per_expert else out  # expert j takes its own row
+            adapter = out[:, :D * width].view(E, D, width)
+            adapter = adapter @ self.low_rank if self.low_rank is not None else adapter
+            return adapter, out[:, D * width:]
+        width = self.rank if self.rank is not None else self.num_classes
+        out = out.view(*((E,) if per_expert else ()), E, D * width)
+        out = out.diagonal(dim1=0, dim2=1).T if per_expert else out
+        weights = out.view(E, D, width)
+        return weights @ self.low_rank if self.low_rank is not None else weights

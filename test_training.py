@@ -1,0 +1,68 @@
+"""Test-time training: adapt a multi-expert checkpoint to each unlabelled test distribution, then score it.
+
+    python test_training.py -c configs/experts/test_time_quickstart_digits.json -r CKPT [--out results.json]
+
+The test-time config names the ``TestTimeTrainer`` and its optimizer; everything else (model, data,
+metrics) comes from the checkpoint's config, its sections overridden by the file where both have them.
+For every split (forward50 ... uniform ... backward50) the expert weights (and, for hypernetwork models,
+the preference) are learned without labels by making predictions on two augmented views agree, then the
+split is scored. Prints the table of test_all.py with the learned values; --out writes
+{"splits": {name: {"n", "many", "medium", "few", "all", "mean_of_experts_all", "weights", "preference"}}, ...}.
+"""
+from __future__ import annotations
+
+import argparse
+
+from parse_config import ConfigParser, deep_merge, load_json
+from test_all import format_table, shot_settings
+from train import build_trainer
+from utils.checkpoint import load_checkpoint
+from utils.cli import run_cli, write_json
+from utils.errors import ConfigError
+
+
+def merged_config(test_time: dict, checkpoint_config: dict) -> dict:
+    """The checkpoint's config with the test-time file merged over it; the trainer section is replaced
+    whole (the training trainer's arguments mean nothing to the test-time one)."""
+    base = {k: v for k, v in checkpoint_config.items() if k not in ("trainer", "init_from")}
+    merged = deep_merge(base, {k: v for k, v in test_time.items() if k != "trainer"})
+    merged["trainer"] = test_time["trainer"]
+    merged["trainer"].setdefault("args", {}).setdefault("tensorboard", False)
+    return merged
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="test-time config (TestTimeTrainer + optimizer)")
+    parser.add_argument("-r", "--resume", required=True, help="multi-expert checkpoint to adapt")
+    parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    test_time = load_json(args.config)
+    if "trainer" not in test_time:
+        raise ConfigError(f'{args.config}: a test-time config needs a "trainer" section naming TestTimeTrainer')
+    checkpoint = load_checkpoint(args.resume)
+    config_dict = merged_config(test_time, checkpoint["config"])
+    if args.device:
+        config_dict["trainer"]["args"]["device"] = args.device
+    config = ConfigParser(config_dict, source=f"{args.resume} + {args.config}")
+    trainer = build_trainer(config)
+    trainer.load_weights(args.resume)
+    if not hasattr(trainer, "adapt_all"):
+        raise ConfigError(f'{args.config}: config["trainer"]["type"] must be a test-time trainer such as '
+                          f"TestTimeTrainer, got {config['trainer']['type']}")
+    splits = trainer.adapt_all(shot_settings(config))
+    print(f"{config.name}: {args.resume}, test-time training ({trainer.protocol}, {trainer.epochs} epochs, "
+          f"stop below weight {trainer.min_weight}); labels used only for scoring")
+    print(format_table(splits))
+    print(f"{'split':<12}{'mean of experts':>17}{'adapted':>10}  weights / preference")
+    for name, r in splits.items():
+        print(f"{name:<12}{r['mean_of_experts_all']:>17.2f}{r['all']:>10.2f}  {r['weights']}"
+              + (f" / {r['preference']}" if r["preference"] is not None else ""))
+    if args.out:
+        write_json(args.out, {"splits": splits, "checkpoint": str(args.resume), "config": args.config})
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

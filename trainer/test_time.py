@@ -1,0 +1,167 @@
+"""TestTimeTrainer: SADE's test-time self-supervised aggregation, and PRL's preference, per test split."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from base.base_trainer import BaseTrainer
+from model.metric import Accuracy, ShotAccuracy
+from utils.errors import ConfigError
+from utils.registry import TRAINERS
+
+
+@TRAINERS.register()
+class TestTimeTrainer(BaseTrainer):
+    """Adapts how a trained multi-expert model combines its experts to an unlabelled test set.
+
+    For every test-agnostic split (forward50 ... backward50), starting from equal expert weights and, for a
+    hypernetwork model, its learned preference, it maximises the cosine similarity between the predictions
+    on two augmented views of the same unlabelled test images (SADE, "prediction stability"), optimising
+    only the softmax-parametrised aggregation weights (and the preference on the simplex, with
+    ``learn_preference``). The configured optimizer (SGD in SADE) runs for ``epochs`` passes and stops as soon
+    as any weight falls below ``min_weight`` (0.05). The model is frozen in eval mode. Labels are read only to
+    score.
+
+    ``protocol``: ``"transductive"`` adapts on the split and scores the same split, as SADE does;
+    ``"split_half"`` adapts on a random half (seed 0) and scores the other half.
+    """
+
+    def __init__(self, config, epochs: int = 5, min_weight: float = 0.05,
+                 protocol: Literal["transductive", "split_half"] = "transductive", learn_weights: bool = True,
+                 learn_preference: bool = True, **kwargs):
+        if not 0 <= min_weight < 1:
+            raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
+        self.min_weight, self.protocol = min_weight, protocol
+        self.learn_weights, self.learn_preference = learn_weights, learn_preference
+        super().__init__(config, epochs=epochs, **kwargs)
+        if not hasattr(self.raw_model, "expert_features"):
+            raise ConfigError(f'{config.source}: config["arch"]: test-time training adapts a multi-expert model '
+                              f"(MultiExpertResNet32, ...), got {type(self.raw_model).__name__}")
+        if self.optimizer is None:
+            raise ConfigError(f'{config.source}: TestTimeTrainer needs an "optimizer" section (SADE: SGD lr 0.1)')
+        self.raw_model.requires_grad_(False)
+
+    # --- what is learned --------------------------------------------------------------------------
+    def parameter_groups(self):
+        experts = self.raw_model.num_experts
+        self.weight_logits = nn.Parameter(torch.zeros(experts, device=self.device))
+        self.preference_logits = nn.Parameter(torch.zeros(experts, device=self.device))
+        params = []
+        if self.learn_weights:
+            params.append(self.weight_logits)
+        if self.learn_preference and self.raw_model.hypernet is not None:
+            params.append(self.preference_logits)
+        if not params:
+            raise ConfigError("TestTimeTrainer: nothing to learn (learn_weights false and no hypernetwork preference)")
+        return params
+
+    def _reset(self) -> None:
+        """Equal weights, the model's own preference, a fresh optimizer."""
+        with torch.no_grad():
+            self.weight_logits.zero_()
+            default = self.raw_model.current_preference()
+            if default is not None:
+                self.preference_logits.copy_(default.to(self.device).clamp_min(1e-6).log())
+        self.optimizer = self.config.build("optimizer", params=[p for g in self.optimizer.param_groups
+                                                                 for p in g["params"]])
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.weight_logits, dim=0)
+
+    def preference(self) -> torch.Tensor | None:
+        if self.raw_model.hypernet is None:
+            return None
+        if self.learn_preference:
+            return torch.softmax(self.preference_logits, dim=0)
+        return self.raw_model.current_preference()
+
+    def combined(self, features: torch.Tensor) -> torch.Tensor:
+        """Aggregated logits ``(N, C)`` from expert features ``(N, E, D)`` with the current weights/preference."""
+        return self.raw_model.aggregate(self.raw_model.head(features, self.preference()), self.weights())
+
+    # --- adaptation ---------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass of prediction-stability maximisation over the current split's two views."""
+        self.raw_model.eval()
+        total, batches = 0.0, 0
+        for batch_idx, ((view1, _, _), (view2, _, _)) in enumerate(zip(self._views(), self._views())):
+            view1, view2 = self.to_device(view1, view2)
+            with torch.no_grad(), self.autocast():
+                f1, f2 = self.raw_model.expert_features(view1).float(), self.raw_model.expert_features(view2).float()
+            p1, p2 = torch.softmax(self.combined(f1), dim=1), torch.softmax(self.combined(f2), dim=1)
+            loss = -F.cosine_similarity(p1, p2, dim=1).mean()
+            self.backward_step(loss, batch_idx)
+            total, batches = total + float(loss), batches + 1
+            if self._collapsed():
+                self._stopped = True
+                break
+        return {"stability": -total / max(batches, 1)}
+
+    def _collapsed(self) -> bool:
+        low = bool(self.weights().min() < self.min_weight)
+        preference = self.preference()
+        return low or (self.learn_preference and preference is not None and bool(preference.min() < self.min_weight))
+
+    def _views(self):
+        return self.view_source.view_loader(self._adapt_index)
+
+    # --- the whole protocol -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _test_features(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert features ``(N, E, D)`` and labels of the whole test set, one pass, row i = index i."""
+        self.raw_model.eval()
+        n = len(loader.dataset)
+        features = torch.empty(n, self.raw_model.num_experts, self.raw_model.feature_dim, device=self.device)
+        targets = torch.empty(n, dtype=torch.long)
+        for images, labels, index in loader:
+            with self.autocast():
+                features[index.to(self.device)] = self.raw_model.expert_features(self.to_device(images)[0]).float()
+            targets[index] = labels.cpu()
+        return features, targets
+
+    def _score(self, logits: torch.Tensor, targets: torch.Tensor, shot_args: dict) -> dict[str, Any]:
+        shots, accuracy = ShotAccuracy(self.cls_num_list, **shot_args), Accuracy()
+        for metric in (shots, accuracy):
+            metric.update(logits.cpu(), targets)
+        return {"n": int(len(targets)), **shots.compute(), "all": accuracy.compute()["accuracy"]}
+
+    def adapt_all(self, shot_args: dict | None = None) -> dict[str, dict[str, Any]]:
+        """Adapt and score every test-agnostic split; returns test_all's table plus the learned values."""
+        shot_args = shot_args or {}
+        loader = self.config.build_data_loader(training=False, device=self.device)
+        if not hasattr(loader, "view_loader"):
+            raise ConfigError(f"{self.config['data_loader']['type']} has no view_loader(): it cannot produce the "
+                              "augmented views test-time training needs")
+        self.view_source = loader
+        features, targets = self._test_features(loader)
+        results = {}
+        for name, index in loader.test_agnostic_splits().items():
+            index = np.asarray(index)
+            if self.protocol == "split_half":
+                order = np.random.RandomState(0).permutation(len(index))
+                adapt, score = index[order[: len(index) // 2]], index[order[len(index) // 2:]]
+            else:
+                adapt = score = index
+            self._adapt_index, self._stopped = adapt, False
+            self._reset()
+            with torch.no_grad():  # the mean of the experts under the model's preference, for comparison
+                mean = self.raw_model.aggregate(self.raw_model.head(features[score], self.raw_model.current_preference()))
+            for epoch in range(1, self.epochs + 1):
+                self._bad_batch.fill_(-1)
+                self._train_epoch(epoch)
+                self.check_finite(epoch)
+                if self._stopped:
+                    break
+            with torch.no_grad():
+                adapted = self.combined(features[score])
+            score_t = torch.as_tensor(score, dtype=torch.long)
+            results[name] = {**self._score(adapted, targets[score_t], shot_args),
+                             "mean_of_experts_all": self._score(mean, targets[score_t], shot_args)["all"],
+                             "weights": [round(float(v), 4) for v in self.weights()],
+                             "preference": (None if self.preference() is None
+                                            else [round(float(v), 4) for v in self.preference()])}
+        return results
