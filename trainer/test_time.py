@@ -149,7 +149,8 @@ class TestTimeTrainer(BaseTrainer):
             self._adapt_index, self._stopped = adapt, False
             self._reset()
             with torch.no_grad():  # the mean of the experts under the model's preference, for comparison
-                mean = self.raw_model.aggregate(self.raw_model.head(features[score], self.raw_model.current_preference()))
+                default = self.raw_model.current_preference()
+                mean = self.raw_model.aggregate(self.raw_model.head(features[score], default))
             for epoch in range(1, self.epochs + 1):
                 self._bad_batch.fill_(-1)
                 self._train_epoch(epoch)
