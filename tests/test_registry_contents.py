@@ -15,7 +15,9 @@ from utils.errors import DataError
 from utils.registry import DATA_LOADERS, LOSSES, METRICS, MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = list(iter_config_files(ROOT / "configs"))
+# test-time configs (configs/experts/test_time_*.json) are merged over a checkpoint's config by
+# test_training.py; they are checked in tests/test_experts.py
+CONFIGS = [p for p in iter_config_files(ROOT / "configs") if not p.name.startswith("test_time_")]
 
 # How to build each registered entry for a smoke test: models get a small image batch, data loaders
 # must build without downloads. Entries needing data on disk list their arguments here.
@@ -24,7 +26,14 @@ MODEL_INPUTS = {
     "ResNet50": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
     "ResNeXt50": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
     "ResNet152": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
+    "MultiExpertResNet32": dict(args={"num_classes": 7, "hypernet": {"hidden": 16}}, shape=(4, 3, 32, 32)),
+    "MultiExpertResNet50": dict(args={"num_classes": 5}, shape=(2, 3, 64, 64)),
+    "MultiExpertResNeXt50": dict(args={"num_classes": 5, "hypernet": {"rank": 4}}, shape=(2, 3, 64, 64)),
+    "MultiExpertResNet152": dict(args={"num_classes": 5, "hypernet": {"mode": "adapter", "rank": 4}},
+                                 shape=(2, 3, 64, 64)),
 }
+# Losses whose input is not (N, C) logits: how to call them
+EXPERT_LOSSES = {"DiverseExpertLoss"}
 DATA_LOADER_ARGS = {  # "{cifar}" is replaced by the generated CIFAR directory
     "DigitsLT": {"batch_size": 16},
     "CIFAR10LT": {"data_dir": "{cifar}", "imb_factor": 0.1, "batch_size": 16},
@@ -103,10 +112,12 @@ def test_every_data_loader_yields_image_label_index(name, cifar_root):
 
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_every_loss_is_finite_and_differentiable(name):
-    logits = torch.randn(8, 5, requires_grad=True)
+    # expert losses take the experts' logits (N, E, C) and the preference
+    shape = (8, 3, 5) if name in EXPERT_LOSSES else (8, 5)
+    logits = torch.randn(*shape, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     loss = LOSSES.build({"type": name, "args": {}}, ("loss",), optional={"cls_num_list": [50, 20, 10, 5, 2]})
-    value = loss(logits, target)
+    value = loss(logits, target, torch.tensor([0.2, 0.3, 0.5])) if name in EXPERT_LOSSES else loss(logits, target)
     assert value.ndim == 0 and torch.isfinite(value)
     value.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0

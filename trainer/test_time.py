@@ -95,7 +95,7 @@ class TestTimeTrainer(BaseTrainer):
             p1, p2 = torch.softmax(self.combined(f1), dim=1), torch.softmax(self.combined(f2), dim=1)
             loss = -F.cosine_similarity(p1, p2, dim=1).mean()
             self.backward_step(loss, batch_idx)
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + float(loss.detach()), batches + 1
             if self._collapsed():
                 self._stopped = True
                 break

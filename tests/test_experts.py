@@ -1,0 +1,167 @@
+"""Multi-expert models, the PRL hypernetwork, SADE's losses and test-time training."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fixtures import run_training
+
+import test_training
+import train
+from model.expert_loss import DiverseExpertLoss, inverse_prior, scalarize
+from parse_config import ConfigParser, load_json
+from utils.registry import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(**args):
+    return MODELS.build({"type": "MultiExpertResNet32", "args": {"num_classes": 10, "in_channels": 1, **args}},
+                        ("arch",))
+
+
+def test_expert_stages_share_nothing_past_the_stem():
+    model = build()
+    shared = {id(p) for p in model.shared.parameters()}
+    per_expert = [{id(p) for p in expert.parameters()} for expert in model.experts]
+    assert all(not (a & b) for i, a in enumerate(per_expert) for b in per_expert[i + 1:])
+    assert all(not (a & shared) for a in per_expert)
+    assert len(model.experts) == 3 and model.feature_dim == 48  # reduce_dimension: 24/48 channels
+    # a gradient through expert 0's logits reaches only the stem and expert 0
+    x = torch.randn(2, 1, 8, 8)
+    model.expert_logits(x)[:, 0].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.experts[1].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.experts[0].parameters())
+
+
+def test_hypernetwork_output_depends_on_the_preference_and_gets_gradients():
+    model = build(hypernet={"hidden": 32})
+    x = torch.randn(4, 1, 8, 8)
+    a = model.expert_logits(x, torch.tensor([0.8, 0.1, 0.1]))
+    b = model.expert_logits(x, torch.tensor([0.1, 0.1, 0.8]))
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    assert model.hypernet.head.weight.grad is not None and model.hypernet.head.weight.grad.abs().sum() > 0
+    assert model.hypernet.preference_scale.grad is not None
+    # the preference itself is differentiable (test-time training learns it)
+    preference = torch.tensor([0.3, 0.3, 0.4], requires_grad=True)
+    model.expert_logits(x, preference).sum().backward()
+    assert preference.grad is not None and preference.grad.abs().sum() > 0
+
+
+def test_per_expert_preferences_condition_each_expert_on_its_row():
+    model = build(hypernet={"hidden": 16})
+    x = torch.randn(3, 1, 8, 8)
+    rows = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    mixed = model.expert_logits(x, rows)
+    for j in range(3):
+        assert torch.allclose(mixed[:, j], model.expert_logits(x, rows[j])[:, j], atol=1e-5)
+
+
+def test_each_expert_loss_by_hand():
+    counts = [60, 30, 10]
+    loss = DiverseExpertLoss(counts, tau=2.0, scalarization="sum")
+    prior = torch.tensor(counts, dtype=torch.float64) / 100
+    assert inverse_prior(prior).tolist() == pytest.approx([0.1, 0.3, 0.6])
+    z = torch.randn(5, 3, 3)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    l1 = F.cross_entropy(z[:, 0], y)
+    l2 = F.cross_entropy(z[:, 1] + prior.log().float(), y)
+    l3 = F.cross_entropy(z[:, 2] + prior.log().float() - 2 * torch.tensor([0.1, 0.3, 0.6]).log(), y)
+    assert loss.expert_losses(z, y).tolist() == pytest.approx([float(l1), float(l2), float(l3)], rel=1e-5)
+    assert float(loss(z, y)) == pytest.approx(float(l1 + l2 + l3), rel=1e-5)
+
+
+def test_scalarizations():
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    p = torch.tensor([0.5, 0.3, 0.2])
+    assert float(scalarize(losses, p, "linear")) == pytest.approx(3 * (0.5 + 0.6 + 0.8))
+    released = float(scalarize(losses, p, "stch", mu=0.3, weighted=False))
+    assert released == pytest.approx(7.0 + 0.3 * math.log(math.exp(1) + math.exp(2) + math.exp(4)))
+    weighted_max = float((3 * p * losses).max())  # 3 * max(0.5, 0.6, 0.8)
+    for mu, tolerance in ((0.1, 0.2), (0.01, 0.02), (0.001, 0.002)):
+        assert float(scalarize(losses, p, "stch", mu=mu)) == pytest.approx(weighted_max, abs=tolerance)
+    assert float(scalarize(losses, p, "stch", mu=1e-4)) >= weighted_max  # an upper bound that tightens
+
+
+@pytest.fixture
+def expert_config(tiny_config):
+    config = copy.deepcopy(tiny_config)
+    config["name"] = "experts"
+    config["arch"] = {"type": "MultiExpertResNet32", "args": {"num_classes": 10, "in_channels": 1, "width": 4,
+                                                              "hypernet": {"hidden": 16}}}
+    config["loss"] = {"type": "DiverseExpertLoss", "args": {"tau": 2.0, "scalarization": "stch", "mu": 1.0}}
+    config["trainer"] = {"type": "HyperExpertTrainer", "args": {**tiny_config["trainer"]["args"],
+                                                               "dirichlet_alpha": 1.2}}
+    return config
+
+
+def test_hypernetwork_checkpoint_round_trips_through_test_py(expert_config, tmp_path):
+    trainer, parsed = run_training(expert_config, "hyper")
+    best = parsed.model_dir / "model_best.pth"
+    expected = trainer.test()["metrics"]
+    out = tmp_path / "m.json"
+    done = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    trainer.load_weights(best)
+    assert result["metrics"]["accuracy"] == pytest.approx(trainer.test()["metrics"]["accuracy"])
+    assert len(result["preference"]) == 3 and sum(result["preference"]) == pytest.approx(1, abs=1e-4)
+    assert expected is not None
+    # a chosen preference changes the predictions; a wrong length is a clear error
+    chosen = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--preference", "0,0,1"],
+                            capture_output=True, text=True, timeout=300)
+    assert chosen.returncode == 0, chosen.stderr
+    wrong = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--preference", "1,2"],
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "needs 3 values" in wrong.stderr
+
+
+def test_test_time_training_never_reads_labels(expert_config, tmp_path, monkeypatch):
+    _, parsed = run_training(expert_config, "ttt")
+    best = parsed.model_dir / "model_best.pth"
+    test_time = load_json(ROOT / "configs/experts/test_time_quickstart_digits.json")
+    test_time["trainer"]["args"]["epochs"] = 2
+
+    def adapt(scramble: bool):
+        config = ConfigParser(test_training.merged_config(copy.deepcopy(test_time),
+                                                          copy.deepcopy(expert_config)))
+        torch.manual_seed(0)
+        trainer = train.build_trainer(config)
+        trainer.load_weights(best)
+        if scramble:  # the views the adaptation sees carry random labels
+            loader = config.build_data_loader(training=False)
+            original = type(loader).view_loader
+
+            def scrambled(self, indices):
+                views = original(self, indices)
+                # a private generator: scrambling must not change the augmentation draws
+                views.dataset.targets = torch.randint(0, 10, views.dataset.targets.shape,
+                                                      generator=torch.Generator().manual_seed(5))
+                return views
+
+            monkeypatch.setattr(type(loader), "view_loader", scrambled)
+        torch.manual_seed(1)
+        return trainer.adapt_all()
+
+    clean, scrambled = adapt(False), adapt(True)
+    for name in clean:
+        assert clean[name]["weights"] == scrambled[name]["weights"]
+        assert clean[name]["preference"] == scrambled[name]["preference"]
+    assert clean["forward50"]["weights"] != [round(1 / 3, 4)] * 3  # it did adapt
+
+
+def test_test_time_config_merges_over_the_checkpoint(expert_config):
+    test_time = load_json(ROOT / "configs/experts/test_time_quickstart_digits.json")
+    merged = test_training.merged_config(test_time, expert_config)
+    assert merged["trainer"]["type"] == "TestTimeTrainer" and "dirichlet_alpha" not in merged["trainer"]["args"]
+    assert merged["arch"] == expert_config["arch"]
+    ConfigParser(merged)  # validates
