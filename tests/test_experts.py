@@ -165,3 +165,10 @@ def test_test_time_config_merges_over_the_checkpoint(expert_config):
     assert merged["trainer"]["type"] == "TestTimeTrainer" and "dirichlet_alpha" not in merged["trainer"]["args"]
     assert merged["arch"] == expert_config["arch"]
     ConfigParser(merged)  # validates
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/experts").glob("test_time_*.json")), ids=lambda p: p.name)
+def test_every_test_time_config_merges_and_validates(path, expert_config):
+    merged = test_training.merged_config(load_json(path), expert_config)
+    assert merged["trainer"]["type"] == "TestTimeTrainer"
+    ConfigParser(merged, source=str(path))
