@@ -51,8 +51,8 @@ class PreferenceHypernet(nn.Module):
             self.low_rank = nn.Parameter(torch.randn(num_experts, rank, feature_dim) / rank ** 0.5) if rank else None
         else:
             raise ValueError(f'mode must be "classifier" or "adapter", got {mode!r}')
-        nn.init.normal_(self.head.weight, std=1e-3)
-        nn.init.normal_(self.head.bias, std=0.05)
+        # torch's default init, as released: the preference path (weights) dominates the constant bias at the
+        # start; a small-weight init lets the bias win and the trained network then ignores the preference
 
     def conditioning(self, preference: torch.Tensor | None) -> torch.Tensor:
         """``h(p)``: the network's input, shape ``(E,)`` or ``(E, E)``."""

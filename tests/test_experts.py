@@ -42,11 +42,17 @@ def test_expert_stages_share_nothing_past_the_stem():
 
 
 def test_hypernetwork_output_depends_on_the_preference_and_gets_gradients():
+    torch.manual_seed(0)
     model = build(hypernet={"hidden": 32})
     x = torch.randn(4, 1, 8, 8)
     a = model.expert_logits(x, torch.tensor([0.8, 0.1, 0.1]))
     b = model.expert_logits(x, torch.tensor([0.1, 0.1, 0.8]))
     assert not torch.allclose(a, b)
+    # not a small perturbation of a constant: the generated classifiers point in different directions
+    with torch.no_grad():
+        w1, w2 = model.hypernet(torch.tensor([1.0, 0, 0])), model.hypernet(torch.tensor([0, 0, 1.0]))
+    # (an initialisation where the head's bias dominated gave 0.99999, and training then ignored the preference)
+    assert float(F.cosine_similarity(w1.flatten(1), w2.flatten(1)).max()) < 0.995
     a.sum().backward()
     assert model.hypernet.head.weight.grad is not None and model.hypernet.head.weight.grad.abs().sum() > 0
     assert model.hypernet.preference_scale.grad is not None
