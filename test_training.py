@@ -7,7 +7,7 @@ metrics) comes from the checkpoint's config, its sections overridden by the file
 For every split (forward50 ... uniform ... backward50) the expert weights (and, for hypernetwork models,
 the preference) are learned without labels by making predictions on two augmented views agree, then the
 split is scored. Prints the table of test_all.py with the learned values; --out writes
-{"splits": {name: {"n", "many", "medium", "few", "all", "mean_of_experts_all", "weights", "preference"}}, ...}.
+{"splits": {name: {"n", "many", "medium", "few", "all", "before_all", "weights", "preference"}}, ...}.
 """
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def main(argv=None) -> None:
     print(f"{config.name}: {args.resume}, test-time training ({trainer.protocol}, {trainer.epochs} epochs, "
           f"stop below weight {trainer.min_weight}); labels used only for scoring")
     print(format_table(splits))
-    print(f"{'split':<12}{'mean of experts':>17}{'adapted':>10}  weights / preference")
+    print(f"{'split':<12}{'before':>17}{'adapted':>10}  weights / preference")
     for name, r in splits.items():
-        print(f"{name:<12}{r['mean_of_experts_all']:>17.2f}{r['all']:>10.2f}  {r['weights']}"
+        print(f"{name:<12}{r['before_all']:>17.2f}{r['all']:>10.2f}  {r['weights']}"
               + (f" / {r['preference']}" if r["preference"] is not None else ""))
     if args.out:
         write_json(args.out, {"splits": splits, "checkpoint": str(args.resume), "config": args.config})

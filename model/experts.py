@@ -40,12 +40,20 @@ class MultiExpertModel(BaseModel):
 
     Heads: per-expert ``NormedLinear`` (``use_norm``) or ``Linear``; with ``hypernet`` (a dict of
     :class:`PreferenceHypernet` arguments, e.g. ``{"hidden": 128}``) the experts' classifiers (or, in
-    ``"adapter"`` mode, feature adapters before learned classifiers) are generated from a preference.
+    ``"adapter"`` mode, feature adapters before learned classifiers) are generated from a preference, and
+    ``forward`` weights the experts by that preference unless ``set_inference(weights=...)`` fixed weights
+    (``"aggregate_by_preference": false`` in the hypernet dict restores the plain mean).
     """
 
     def __init__(self, shared: nn.Module, experts: nn.ModuleList, feature_dim: int, num_classes: int,
                  use_norm: bool = True, scale: float = 30.0, hypernet: dict | None = None):
         super().__init__()
+        hypernet = dict(hypernet) if hypernet is not None else None
+        # With a hypernetwork, forward() weights the experts by the preference unless weights were set: each
+        # expert's loss involves only its own generated head, so preference-weighted losses share one
+        # minimiser and the generated heads alone hardly depend on the preference (measured: cosine 0.999999
+        # between the heads for (1,0,0) and (0,0,1) after training on digits).
+        self.aggregate_by_preference = bool(hypernet.pop("aggregate_by_preference", True)) if hypernet else False
         self.shared, self.experts = shared, experts
         self.num_experts, self.feature_dim, self.num_classes = len(experts), feature_dim, num_classes
         self.use_norm, self.scale = use_norm, scale
@@ -60,6 +68,8 @@ class MultiExpertModel(BaseModel):
                 lambda: nn.Linear(feature_dim, num_classes))
             self.classifiers = nn.ModuleList(make() for _ in range(self.num_experts))
         self.register_buffer("aggregation", torch.full((self.num_experts,), 1.0 / self.num_experts))
+        # whether set_inference(weights=...) was called; an inference setting, not saved with the weights
+        self.register_buffer("weights_set", torch.zeros((), dtype=torch.bool), persistent=False)
         self.register_buffer("inference_preference", torch.zeros(0))  # empty: the learned default
 
     def expert_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +101,17 @@ class MultiExpertModel(BaseModel):
         return self.hypernet.default_preference()
 
     def aggregate(self, expert_logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``sum_j w_j z_j`` over experts: ``(N, E, C) -> (N, C)``."""
-        weights = self.aggregation if weights is None else weights
+        """``sum_j w_j z_j`` over experts: ``(N, E, C) -> (N, C)``; default weights: see ``inference_weights``."""
+        weights = self.inference_weights() if weights is None else weights
         return torch.einsum("nec,e->nc", expert_logits, weights.to(expert_logits.dtype))
+
+    def inference_weights(self, preference: torch.Tensor | None = None) -> torch.Tensor:
+        """The weights set by ``set_inference``; else, for a hypernetwork model (``aggregate_by_preference``), the
+        preference in use; else the mean."""
+        if bool(self.weights_set) or not self.aggregate_by_preference:
+            return self.aggregation
+        preference = preference if preference is not None else self.current_preference()
+        return preference if preference.dim() == 1 else preference.mean(0)
 
     def forward(self, x: torch.Tensor, preference: torch.Tensor | None = None,
                 return_experts: bool = False) -> torch.Tensor:
@@ -102,7 +120,10 @@ class MultiExpertModel(BaseModel):
         preference = preference if preference is not None else (
             self.inference_preference if self.inference_preference.numel() else None)
         logits = self.expert_logits(x, preference)
-        return logits if return_experts else self.aggregate(logits)
+        if return_experts:
+            return logits
+        weights = None if preference is None else self.inference_weights(preference)
+        return self.aggregate(logits, weights)
 
     def set_inference(self, preference: list[float] | None = None, weights: list[float] | None = None) -> None:
         """Fix the preference (hypernetwork models) and the expert weights used by ``forward``; both are
@@ -119,6 +140,7 @@ class MultiExpertModel(BaseModel):
         if weights is not None:
             w = torch.as_tensor(weights, dtype=torch.float32, device=self.aggregation.device)
             self.aggregation = w / w.sum()
+            self.weights_set = torch.ones((), dtype=torch.bool, device=self.aggregation.device)
 
 
 # --- CIFAR ResNet-32 with experts ------------------------------------------------------------------------

@@ -71,6 +71,20 @@ def test_per_expert_preferences_condition_each_expert_on_its_row():
         assert torch.allclose(mixed[:, j], model.expert_logits(x, rows[j])[:, j], atol=1e-5)
 
 
+def test_preference_weights_the_experts_unless_weights_are_set():
+    model = build(hypernet={"hidden": 16}).eval()
+    x = torch.randn(3, 1, 8, 8)
+    p = torch.tensor([0.0, 0.0, 1.0])
+    with torch.no_grad():
+        experts = model.expert_logits(x, p)
+        assert torch.allclose(model(x, p), experts[:, 2], atol=1e-5)  # the backward expert alone
+        model.set_inference(weights=[1, 1, 1])
+        assert torch.allclose(model(x, p), experts.mean(1), atol=1e-5)
+    plain = build(hypernet={"hidden": 16, "aggregate_by_preference": False}).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(x, p), plain.expert_logits(x, p).mean(1), atol=1e-5)
+
+
 def test_each_expert_loss_by_hand():
     counts = [60, 30, 10]
     loss = DiverseExpertLoss(counts, tau=2.0, scalarization="sum")

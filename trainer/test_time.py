@@ -148,7 +148,7 @@ class TestTimeTrainer(BaseTrainer):
                 adapt = score = index
             self._adapt_index, self._stopped = adapt, False
             self._reset()
-            with torch.no_grad():  # the mean of the experts under the model's preference, for comparison
+            with torch.no_grad():  # the model before adaptation (its default combination), for comparison
                 default = self.raw_model.current_preference()
                 mean = self.raw_model.aggregate(self.raw_model.head(features[score], default))
             for epoch in range(1, self.epochs + 1):
@@ -161,7 +161,7 @@ class TestTimeTrainer(BaseTrainer):
                 adapted = self.combined(features[score])
             score_t = torch.as_tensor(score, dtype=torch.long)
             results[name] = {**self._score(adapted, targets[score_t], shot_args),
-                             "mean_of_experts_all": self._score(mean, targets[score_t], shot_args)["all"],
+                             "before_all": self._score(mean, targets[score_t], shot_args)["all"],
                              "weights": [round(float(v), 4) for v in self.weights()],
                              "preference": (None if self.preference() is None
                                             else [round(float(v), 4) for v in self.preference()])}
