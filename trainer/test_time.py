@@ -162,7 +162,7 @@ class TestTimeTrainer(BaseTrainer):
             score_t = torch.as_tensor(score, dtype=torch.long)
             results[name] = {**self._score(adapted, targets[score_t], shot_args),
                              "before_all": self._score(mean, targets[score_t], shot_args)["all"],
-                             "weights": [round(float(v), 4) for v in self.weights()],
+                             "weights": [round(float(v), 4) for v in self.weights().detach()],
                              "preference": (None if self.preference() is None
-                                            else [round(float(v), 4) for v in self.preference()])}
+                                            else [round(float(v), 4) for v in self.preference().detach()])}
         return results
