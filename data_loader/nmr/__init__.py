@@ -1,0 +1,1 @@
+"""NMR denoising data: simulation of multi-SNR acquisition ladders and batched preprocessing."""

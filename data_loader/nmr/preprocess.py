@@ -1,0 +1,138 @@
+"""Batched preprocessing of real-valued 1D spectra ``(B, L)`` (torch, any device): masks, noise, alignment,
+rescaling. Every function takes and returns tensors and leaves its inputs unmodified.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from scipy.signal import savgol_coeffs
+
+MAD_TO_SIGMA = 1.4826  # sigma = 1.4826 * MAD for Gaussian noise
+
+
+def savgol_smooth(spectra: torch.Tensor, window: int = 11, order: int = 3) -> torch.Tensor:
+    """Savitzky-Golay smoothing along the last axis (reflect padding), ``(B, L) -> (B, L)``."""
+    if window % 2 == 0 or window <= order:
+        raise ValueError(f"window must be odd and larger than order, got window {window}, order {order}")
+    kernel = torch.as_tensor(savgol_coeffs(window, order), dtype=spectra.dtype, device=spectra.device)
+    padded = F.pad(spectra[:, None], (window // 2, window // 2), mode="reflect")
+    return F.conv1d(padded, kernel.flip(0)[None, None])[:, 0]
+
+
+def _mad(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median and median absolute deviation per row (over ``mask`` where given)."""
+    if mask is None:
+        median = values.median(dim=1, keepdim=True).values
+        return median[:, 0], (values - median).abs().median(dim=1).values
+    filled = torch.where(mask, values, torch.full_like(values, float("nan")))
+    median = filled.nanmedian(dim=1, keepdim=True).values
+    return median[:, 0], (filled - median).abs().nanmedian(dim=1).values
+
+
+def peak_mask(spectra: torch.Tensor, alpha: float = 5.0, window: int = 11, order: int = 3,
+              dilate: int = 5) -> torch.Tensor:
+    """Points belonging to peaks, ``(B, L)`` bool: the Savitzky-Golay-smoothed spectrum exceeds its median by
+    more than ``alpha`` times the MAD-based noise level of the raw spectrum, dilated by ``dilate`` points."""
+    smooth = savgol_smooth(spectra, window, order)
+    median, mad = _mad(spectra)
+    noise = MAD_TO_SIGMA * mad
+    # the smoothed spectrum has less noise: compare against the noise it keeps, plus the raw median
+    gain = float(torch.as_tensor(savgol_coeffs(window, order)).pow(2).sum().sqrt())
+    mask = (smooth - median[:, None]) > alpha * noise[:, None] * gain
+    if dilate:
+        mask = F.max_pool1d(mask[:, None].float(), 2 * dilate + 1, stride=1, padding=dilate)[:, 0] > 0
+    return mask
+
+
+def baseline_mask(peaks: torch.Tensor, erode: int = 5) -> torch.Tensor:
+    """Points safely away from peaks: the complement of ``peaks`` eroded by ``erode`` points."""
+    free = (~peaks).float()[:, None]
+    return (-F.max_pool1d(-free, 2 * erode + 1, stride=1, padding=erode))[:, 0] > 0
+
+
+def robust_sigma(spectra: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise standard deviation per spectrum, ``1.4826 * MAD`` over ``mask`` (default: baseline points)."""
+    if mask is None:
+        mask = baseline_mask(peak_mask(spectra))
+    return MAD_TO_SIGMA * _mad(spectra, mask)[1]
+
+
+def fourier_shift(spectra: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Shift each spectrum by ``shift`` points (fractional allowed; positive moves content to higher index),
+    by a phase ramp in the Fourier domain (circular). ``spectra (B, L)``, ``shift (B,)``."""
+    length = spectra.shape[-1]
+    freq = torch.fft.rfftfreq(length, device=spectra.device, dtype=torch.float64)
+    ramp = torch.exp(-2j * math.pi * freq[None] * shift.double()[:, None])
+    return torch.fft.irfft(torch.fft.rfft(spectra.double()) * ramp, n=length).to(spectra.dtype)
+
+
+def estimate_shift(spectra: torch.Tensor, reference: torch.Tensor, search: int | None = None,
+                   fine_steps: int = 41) -> torch.Tensor:
+    """Sub-pixel shift ``(B,)`` that aligns each spectrum to ``reference`` (``(L,)`` or ``(B, L)``): shifting the
+    spectrum by minus the estimate aligns it.
+
+    Integer part from the FFT cross-correlation maximum (within ``search`` points); fractional part by
+    scanning Fourier shifts of [-1, 1] points in ``fine_steps`` steps for the least squared difference, refined
+    by a parabola through the best step and its neighbours.
+    """
+    reference = reference.expand_as(spectra).double()
+    x = spectra.double()
+    length = x.shape[-1]
+    corr = torch.fft.irfft(torch.fft.rfft(x) * torch.fft.rfft(reference).conj(), n=length)
+    lags = torch.arange(length, device=x.device)
+    lags = torch.where(lags > length // 2, lags - length, lags)
+    if search is not None:
+        corr = torch.where(lags.abs()[None] <= search, corr, torch.full_like(corr, -math.inf))
+    coarse = lags[corr.argmax(dim=1)].double()
+    steps = torch.linspace(-1, 1, fine_steps, device=x.device, dtype=torch.float64)
+    candidates = coarse[:, None] + steps[None]  # (B, S)
+    freq = torch.fft.rfftfreq(length, device=x.device, dtype=torch.float64)
+    x_hat, ref_hat = torch.fft.rfft(x), torch.fft.rfft(reference)
+    # undo each candidate shift and compare (Parseval: the error in the Fourier domain, no inverse FFT needed)
+    ramp = torch.exp(2j * math.pi * freq[None, None] * candidates[:, :, None])
+    error = (x_hat[:, None] * ramp - ref_hat[:, None]).abs().pow(2).sum(dim=2)
+    best = error.argmin(dim=1).clamp(1, fine_steps - 2)
+    rows = torch.arange(len(x), device=x.device)
+    e_left, e_mid, e_right = error[rows, best - 1], error[rows, best], error[rows, best + 1]
+    curvature = e_left - 2 * e_mid + e_right
+    offset = torch.where(curvature > 0, 0.5 * (e_left - e_right) / curvature, torch.zeros_like(curvature))
+    step = steps[1] - steps[0]
+    return (candidates[rows, best] + offset.clamp(-1, 1) * step).to(spectra.dtype)
+
+
+def align(spectra: torch.Tensor, reference: torch.Tensor,
+          search: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectra shifted onto ``reference`` and the shifts that were removed, ``((B, L), (B,))``."""
+    shift = estimate_shift(spectra, reference, search)
+    return fourier_shift(spectra, -shift), shift
+
+
+def robust_scale(spectra: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, iterations: int = 10,
+                 tukey: float = 4.685) -> torch.Tensor:
+    """Scale ``s`` per spectrum ``(B,)`` with ``s * spectrum ≈ reference`` on ``mask`` points.
+
+    Starts from the median of the point ratios ``reference / spectrum`` where the spectrum stands clear of
+    its noise (robust to a few bad points), then iteratively reweighted least squares with Tukey's bisquare
+    weights (residuals beyond ``tukey`` robust sigmas get weight 0), so an artefact in one level cannot pull
+    the scale. The regression is ``spectrum ≈ reference / s``: the noisy spectrum is the response, not the
+    regressor, because noise in a regressor biases a least-squares slope towards zero (8% at peak SNR 12).
+    The reference should be the cleaner of the two (the top or fused level), and ``mask`` should be chosen
+    on it: a mask chosen on the noisy spectrum picks the points where its noise is positive and biases the
+    scale (by 2% at peak SNR 12).
+    """
+    x, y = spectra.double(), reference.expand_as(spectra).double()
+    noise = MAD_TO_SIGMA * _mad(x)[1]
+    strong = mask & (x.abs() > 3 * noise[:, None])
+    strong = torch.where(strong.any(1, keepdim=True), strong, mask)
+    ratio = torch.where(strong, y / torch.where(x == 0, torch.ones_like(x), x), torch.full_like(x, float("nan")))
+    scale = ratio.nanmedian(dim=1).values
+    inverse = 1 / scale
+    for _ in range(iterations):
+        residual = x - inverse[:, None] * y
+        sigma = MAD_TO_SIGMA * _mad(residual, mask)[1].clamp_min(1e-30)
+        u = residual / (tukey * sigma[:, None])
+        w = mask.double() * torch.where(u.abs() < 1, (1 - u ** 2) ** 2, torch.zeros_like(u))
+        inverse = (w * x * y).sum(1) / (w * y * y).sum(1).clamp_min(1e-30)
+    return (1 / inverse).to(spectra.dtype)
