@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from parse_config import ConfigParser
-from test_all import parse_vector
 from train import trainer_for_checkpoint
 from utils import dist
-from utils.cli import format_metrics, run_cli, write_json
+from utils.cli import add_inference_arguments, configure_inference, format_metrics, run_cli, write_json
 from utils.plots import save_figure
 
 
@@ -25,14 +24,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="write the metrics as JSON to this file")
     parser.add_argument("--data_dir", help="evaluate on this data directory instead of the config's")
     parser.add_argument("--save_dir", help="directory for per-sample outputs (trainers that write them)")
-    parser.add_argument("--preference", help="preference vector for hypernetwork experts, e.g. 0.1,0.1,0.8")
-    parser.add_argument("--weights", help="expert aggregation weights, e.g. 0.2,0.3,0.5 (default: mean)")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if args.data_dir:
         args.overrides.append(f"data_loader.args.data_dir={json.dumps(args.data_dir)}")
     config, trainer, state = trainer_for_checkpoint(args, "test.py")
-    preference = trainer.configure_inference(preference=parse_vector(args.preference, "--preference"),
-                                             weights=parse_vector(args.weights, "--weights"))
+    preference = configure_inference(trainer, args)
     result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None)
     if not dist.is_main_process():
         return

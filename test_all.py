@@ -17,24 +17,12 @@ from typing import Any
 
 import torch
 
-from model.metric import Accuracy, CalibrationError, ShotAccuracy
+from model.metric import CalibrationError, ShotAccuracy, split_scores
 from parse_config import ConfigParser
 from train import trainer_for_checkpoint
-from utils.cli import run_cli, write_json
+from utils.cli import add_inference_arguments, configure_inference, run_cli, write_json
 from utils.errors import ConfigError
-from utils.plots import accuracy_vs_frequency, reliability_diagram, save_figure
-
-
-def parse_vector(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as err:
-        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers, e.g. {option} 0.2,0.3,0.5") from err
-    if any(v < 0 for v in values) or sum(values) <= 0:
-        raise ConfigError(f"{option} {text!r}: entries must be non-negative and not all zero")
-    return values
+from utils.plots import metric_figures, save_figure
 
 
 def shot_settings(config: ConfigParser) -> dict[str, Any]:
@@ -43,14 +31,6 @@ def shot_settings(config: ConfigParser) -> dict[str, Any]:
         if spec.get("type") == "shot_accuracy":
             return dict(spec.get("args") or {})
     return {}
-
-
-def score_split(logits: torch.Tensor, targets: torch.Tensor, cls_num_list, shot_args: dict) -> dict[str, Any]:
-    shots = ShotAccuracy(cls_num_list, **shot_args)
-    accuracy = Accuracy()
-    for metric in (shots, accuracy):
-        metric.update(logits, targets)
-    return {"n": int(len(targets)), **shots.compute(), "all": accuracy.compute()["accuracy"]}
 
 
 def evaluate_all(trainer, loader, augmented_loader=None, shot_args: dict | None = None) -> dict[str, Any]:
@@ -67,7 +47,7 @@ def evaluate_all(trainer, loader, augmented_loader=None, shot_args: dict | None 
     for name, index in splits.items():
         index = torch.as_tensor(index, dtype=torch.long)
         source = logits if augmented is None or name == "uniform" else augmented
-        results[name] = score_split(source[index], targets[index], loader.cls_num_list, shot_args)
+        results[name] = split_scores(source[index], targets[index], loader.cls_num_list, shot_args)
     return {"splits": results, "logits": logits, "targets": targets}
 
 
@@ -83,12 +63,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ConfigParser.add_arguments(parser, training=False)
     parser.add_argument("--out", help="write the results as JSON to this file (and figures next to it)")
-    parser.add_argument("--preference", help="preference vector for hypernetwork experts, e.g. 0.1,0.1,0.8")
-    parser.add_argument("--weights", help="expert aggregation weights, e.g. 0.2,0.3,0.5 (default: mean)")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     config, trainer, _ = trainer_for_checkpoint(args, "test_all.py")
-    preference = trainer.configure_inference(preference=parse_vector(args.preference, "--preference"),
-                                             weights=parse_vector(args.weights, "--weights"))
+    preference = configure_inference(trainer, args)
     loader = config.build_data_loader(training=False, device=trainer.device)
     if not hasattr(loader, "test_agnostic_splits") or not hasattr(trainer, "predict"):
         raise ConfigError(f"{config.source}: test_all.py needs a classification checkpoint whose data loader "
@@ -109,13 +87,10 @@ def main(argv=None) -> None:
 
 
 def uniform_figures(predictions: dict, cls_num_list, shot_args: dict, title: str) -> dict:
-    calibration, shots = CalibrationError(), ShotAccuracy(cls_num_list, **shot_args)
-    for metric in (calibration, shots):
+    metrics = [CalibrationError(), ShotAccuracy(cls_num_list, **shot_args)]
+    for metric in metrics:
         metric.update(predictions["logits"], predictions["targets"])
-    return {"reliability": reliability_diagram(calibration.state["count"], calibration.state["conf"],
-                                               calibration.state["correct"], title=f"{title} reliability"),
-            "class_accuracy": accuracy_vs_frequency(shots.state["correct"], shots.state["total"], cls_num_list,
-                                                    shots.groups, title=f"{title} per-class accuracy")}
+    return metric_figures(metrics, cls_num_list, title)
 
 
 if __name__ == "__main__":

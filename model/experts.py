@@ -8,6 +8,7 @@ works on these models unchanged; trainers that need the experts call :meth:`expe
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,7 @@ class MultiExpertTorchvisionResNet(MultiExpertModel):
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained is not None:
-            _load_pretrained(net, __import__("pathlib").Path(pretrained))
+            _load_pretrained(net, Path(pretrained))
         shared = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2]
         factor = 3 / 4 if reduce_dimension else 1
         planes3, planes4 = int(256 * factor), int(512 * factor)

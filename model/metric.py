@@ -186,3 +186,15 @@ class CalibrationError(Metric):
         filled = count > 0
         gap = (correct[filled] / count[filled] - conf[filled] / count[filled]).abs()
         return {"ece": 100.0 * float((count[filled] / n * gap).sum()), "mce": 100.0 * float(gap.max())}
+
+
+def split_scores(logits: torch.Tensor, targets: torch.Tensor, cls_num_list: Sequence[int],
+                 shot_args: dict | None = None) -> dict[str, float | int | None]:
+    """``{"n", "many", "medium", "few", "all"}`` of logits ``(N, C)`` against labels ``(N,)`` (test_all's row).
+
+    ``shot_args`` are ShotAccuracy's thresholds or ranges (default many > 100, few < 20).
+    """
+    shots, accuracy = ShotAccuracy(cls_num_list, **(shot_args or {})), Accuracy()
+    for metric in (shots, accuracy):
+        metric.update(logits, targets)
+    return {"n": int(len(targets)), **shots.compute(), "all": accuracy.compute()["accuracy"]}

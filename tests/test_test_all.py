@@ -13,6 +13,7 @@ from torch.utils.data import Subset
 import test_all
 import train
 from parse_config import ConfigParser
+from utils.cli import parse_vector
 from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,4 +87,4 @@ def test_preference_on_a_model_without_experts_is_refused(trained):
 @pytest.mark.parametrize("text", ["a,b", "-1,2", "0,0"])
 def test_bad_vectors(text):
     with pytest.raises(ConfigError, match="--preference"):
-        test_all.parse_vector(text, "--preference")
+        parse_vector(text, "--preference")

@@ -6,10 +6,9 @@ from typing import Any
 import torch
 
 from base.base_trainer import BaseTrainer
-from model.metric import CalibrationError, ShotAccuracy
 from utils import dist
 from utils.errors import ConfigError
-from utils.plots import accuracy_vs_frequency, reliability_diagram
+from utils.plots import metric_figures
 from utils.registry import TRAINERS
 
 
@@ -108,13 +107,4 @@ class ClassifierTrainer(BaseTrainer):
 
     def figures(self, title: str = "") -> dict:
         """Reliability diagram and per-class accuracy from the last evaluation's metric states."""
-        figs = {}
-        for metric in self.metrics:
-            if isinstance(metric, CalibrationError) and float(metric.state["count"].sum()) > 0:
-                figs["reliability"] = reliability_diagram(metric.state["count"], metric.state["conf"],
-                                                          metric.state["correct"], title=f"{title} reliability")
-            if isinstance(metric, ShotAccuracy) and float(metric.state["total"].sum()) > 0:
-                figs["class_accuracy"] = accuracy_vs_frequency(metric.state["correct"], metric.state["total"],
-                                                               self.cls_num_list, metric.groups,
-                                                               title=f"{title} per-class accuracy")
-        return figs
+        return metric_figures(self.metrics, self.cls_num_list, title)

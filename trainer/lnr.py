@@ -80,7 +80,8 @@ class LNRTrainer(ClassifierTrainer):
         return groups
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
-        return module  # only the head trains; the frozen backbone needs no gradient synchronisation
+        # no DDP wrapper: only the head trains (its gradients are reduced below); torch.compile still applies
+        return torch.compile(module) if compile_model else module
 
     # --- label-noise rebalancing ------------------------------------------------------------------
     def _flip_loader(self):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from base.base_trainer import BaseTrainer
-from model.metric import Accuracy, ShotAccuracy
+from model.metric import split_scores
 from utils.errors import ConfigError
 from utils.registry import TRAINERS
 
@@ -123,12 +123,6 @@ class TestTimeTrainer(BaseTrainer):
             targets[index] = labels.cpu()
         return features, targets
 
-    def _score(self, logits: torch.Tensor, targets: torch.Tensor, shot_args: dict) -> dict[str, Any]:
-        shots, accuracy = ShotAccuracy(self.cls_num_list, **shot_args), Accuracy()
-        for metric in (shots, accuracy):
-            metric.update(logits.cpu(), targets)
-        return {"n": int(len(targets)), **shots.compute(), "all": accuracy.compute()["accuracy"]}
-
     def adapt_all(self, shot_args: dict | None = None) -> dict[str, dict[str, Any]]:
         """Adapt and score every test-agnostic split; returns test_all's table plus the learned values."""
         shot_args = shot_args or {}
@@ -159,9 +153,10 @@ class TestTimeTrainer(BaseTrainer):
                     break
             with torch.no_grad():
                 adapted = self.combined(features[score])
-            score_t = torch.as_tensor(score, dtype=torch.long)
-            results[name] = {**self._score(adapted, targets[score_t], shot_args),
-                             "before_all": self._score(mean, targets[score_t], shot_args)["all"],
+            labels = targets[torch.as_tensor(score, dtype=torch.long)]
+            before = split_scores(mean.cpu(), labels, self.cls_num_list, shot_args)
+            results[name] = {**split_scores(adapted.cpu(), labels, self.cls_num_list, shot_args),
+                             "before_all": before["all"],
                              "weights": [round(float(v), 4) for v in self.weights().detach()],
                              "preference": (None if self.preference() is None
                                             else [round(float(v), 4) for v in self.preference().detach()])}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from utils import dist
-from utils.errors import FrameworkError
+from utils.errors import ConfigError, FrameworkError
 
 
 def run_cli(main: Callable[[], Any]) -> None:
@@ -51,3 +51,28 @@ def write_json(path: str | Path, data: Any) -> None:
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(clean(data), indent=2) + "\n", encoding="utf-8")
+
+
+def add_inference_arguments(parser) -> None:
+    """``--preference`` and ``--weights`` of the evaluation scripts (multi-expert checkpoints)."""
+    parser.add_argument("--preference", help="preference vector for hypernetwork experts, e.g. 0.1,0.1,0.8")
+    parser.add_argument("--weights", help="expert aggregation weights, e.g. 0.2,0.3,0.5 (default: mean)")
+
+
+def parse_vector(text: str | None, option: str) -> list[float] | None:
+    """``"0.2,0.3,0.5"`` -> ``[0.2, 0.3, 0.5]``; non-negative, not all zero."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as err:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers, e.g. {option} 0.2,0.3,0.5") from err
+    if any(v < 0 for v in values) or sum(values) <= 0:
+        raise ConfigError(f"{option} {text!r}: entries must be non-negative and not all zero")
+    return values
+
+
+def configure_inference(trainer, args) -> list[float] | None:
+    """Apply ``--preference`` / ``--weights`` to ``trainer``; returns the preference in use (or None)."""
+    return trainer.configure_inference(preference=parse_vector(args.preference, "--preference"),
+                                       weights=parse_vector(args.weights, "--weights"))

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from model.metric import CalibrationError, ShotAccuracy  # noqa: E402
+
 
 def reliability_diagram(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torch.Tensor,
                         title: str = "Reliability diagram"):
@@ -81,6 +83,22 @@ def accuracy_vs_frequency(correct: torch.Tensor, total: torch.Tensor, cls_num_li
     counts_axis.set_ylabel("training images")
     fig.tight_layout()
     return fig
+
+
+def metric_figures(metrics, cls_num_list: Sequence[int], title: str = "") -> dict:
+    """Tag -> figure for the reliability diagram (from a CalibrationError) and the per-class accuracy plot
+    (from a ShotAccuracy) among ``metrics``, drawn from their accumulated states; metrics with no data
+    give no figure."""
+    figures = {}
+    for metric in metrics:
+        if isinstance(metric, CalibrationError) and float(metric.state["count"].sum()) > 0:
+            figures["reliability"] = reliability_diagram(metric.state["count"], metric.state["conf"],
+                                                         metric.state["correct"], title=f"{title} reliability")
+        if isinstance(metric, ShotAccuracy) and float(metric.state["total"].sum()) > 0:
+            figures["class_accuracy"] = accuracy_vs_frequency(metric.state["correct"], metric.state["total"],
+                                                              cls_num_list, metric.groups,
+                                                              title=f"{title} per-class accuracy")
+    return figures
 
 
 def save_figure(fig, path: str | Path) -> Path:
