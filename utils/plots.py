@@ -1,4 +1,5 @@
-"""Figures for classification runs: reliability diagram and accuracy against class frequency.
+"""Figures: reliability diagram and accuracy against class frequency (classification), and a denoised
+spectrum against its input and reference (NMR).
 
 Both are drawn from accumulated metric state (bin counts, per-class counts), so they cost nothing extra
 after an evaluation. They return matplotlib figures; callers save them as PNG and/or send them to
@@ -99,6 +100,30 @@ def metric_figures(metrics, cls_num_list: Sequence[int], title: str = "") -> dic
                                                               cls_num_list, metric.groups,
                                                               title=f"{title} per-class accuracy")
     return figures
+
+
+def spectrum_figure(noisy, denoised, reference=None, ppm=None, title: str = ""):
+    """Two panels for one 1D spectrum: input, denoised and reference overlaid, then the residual
+    (denoised − reference, or input − denoised without a reference). Arrays ``(L,)``; with ``ppm`` the axis
+    runs from high to low ppm, as NMR spectra are drawn.
+    """
+    noisy, denoised = np.asarray(noisy, dtype=float), np.asarray(denoised, dtype=float)
+    x = np.asarray(ppm, dtype=float) if ppm is not None else np.arange(len(noisy))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, height_ratios=[3, 1])
+    top.plot(x, noisy, color="0.7", lw=0.6, label="input (level 0)")
+    if reference is not None:
+        top.plot(x, np.asarray(reference, dtype=float), color="k", lw=0.8, label="reference")
+    top.plot(x, denoised, color="tab:red", lw=0.8, label="denoised")
+    top.legend(loc="upper right", fontsize=8)
+    top.set_title(title, fontsize=10)
+    residual = denoised - np.asarray(reference, dtype=float) if reference is not None else noisy - denoised
+    bottom.plot(x, residual, color="tab:blue", lw=0.6)
+    bottom.set_ylabel("denoised − ref." if reference is not None else "removed", fontsize=8)
+    bottom.set_xlabel("ppm" if ppm is not None else "point")
+    if ppm is not None:
+        top.invert_xaxis()  # shared x: inverting one inverts both (NMR plots run from high to low ppm)
+    fig.tight_layout()
+    return fig
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -69,37 +69,38 @@ def fourier_shift(spectra: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def estimate_shift(spectra: torch.Tensor, reference: torch.Tensor, search: int | None = None,
-                   fine_steps: int = 41) -> torch.Tensor:
-    """Sub-pixel shift ``(B,)`` that aligns each spectrum to ``reference`` (``(L,)`` or ``(B, L)``): shifting the
+                   iterations: int = 8) -> torch.Tensor:
+    """Sub-point shift ``(B,)`` that aligns each spectrum to ``reference`` (``(L,)`` or ``(B, L)``): shifting the
     spectrum by minus the estimate aligns it.
 
-    Integer part from the FFT cross-correlation maximum (within ``search`` points); fractional part by
-    scanning Fourier shifts of [-1, 1] points in ``fine_steps`` steps for the least squared difference, refined
-    by a parabola through the best step and its neighbours.
+    Integer part from the FFT cross-correlation maximum (within ``search`` points), then Newton steps on the
+    continuous (Fourier-interpolated) cross-correlation c(τ) = Σ_f X(f)·conj(R(f))·exp(2πifτ). Its maximum is
+    also the least-squares optimum of a circular Fourier shift, since shifting keeps the norm; derivatives
+    come in closed form, so each step costs one pass over the spectrum.
     """
     reference = reference.expand_as(spectra).double()
     x = spectra.double()
     length = x.shape[-1]
-    corr = torch.fft.irfft(torch.fft.rfft(x) * torch.fft.rfft(reference).conj(), n=length)
+    cross = torch.fft.rfft(x) * torch.fft.rfft(reference).conj()                      # (B, F)
+    corr = torch.fft.irfft(cross, n=length)
     lags = torch.arange(length, device=x.device)
     lags = torch.where(lags > length // 2, lags - length, lags)
     if search is not None:
         corr = torch.where(lags.abs()[None] <= search, corr, torch.full_like(corr, -math.inf))
-    coarse = lags[corr.argmax(dim=1)].double()
-    steps = torch.linspace(-1, 1, fine_steps, device=x.device, dtype=torch.float64)
-    candidates = coarse[:, None] + steps[None]  # (B, S)
-    freq = torch.fft.rfftfreq(length, device=x.device, dtype=torch.float64)
-    x_hat, ref_hat = torch.fft.rfft(x), torch.fft.rfft(reference)
-    # undo each candidate shift and compare (Parseval: the error in the Fourier domain, no inverse FFT needed)
-    ramp = torch.exp(2j * math.pi * freq[None, None] * candidates[:, :, None])
-    error = (x_hat[:, None] * ramp - ref_hat[:, None]).abs().pow(2).sum(dim=2)
-    best = error.argmin(dim=1).clamp(1, fine_steps - 2)
-    rows = torch.arange(len(x), device=x.device)
-    e_left, e_mid, e_right = error[rows, best - 1], error[rows, best], error[rows, best + 1]
-    curvature = e_left - 2 * e_mid + e_right
-    offset = torch.where(curvature > 0, 0.5 * (e_left - e_right) / curvature, torch.zeros_like(curvature))
-    step = steps[1] - steps[0]
-    return (candidates[rows, best] + offset.clamp(-1, 1) * step).to(spectra.dtype)
+    tau = lags[corr.argmax(dim=1)].double()
+    omega = 2 * math.pi * torch.fft.rfftfreq(length, device=x.device, dtype=torch.float64)
+    # rfft keeps half the spectrum: interior frequencies stand for two conjugate terms
+    count = torch.full_like(omega, 2.0)
+    count[0] = 1
+    if length % 2 == 0:
+        count[-1] = 1
+    for _ in range(iterations):
+        z = cross * torch.exp(1j * omega[None] * tau[:, None]) * count
+        slope = (1j * omega * z).real.sum(1)
+        curvature = (-(omega ** 2) * z).real.sum(1)
+        step = torch.where(curvature < 0, -slope / curvature, torch.zeros_like(slope))
+        tau = tau + step.clamp(-0.5, 0.5)
+    return tau.to(spectra.dtype)
 
 
 def align(spectra: torch.Tensor, reference: torch.Tensor,

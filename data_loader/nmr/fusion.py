@@ -1,0 +1,161 @@
+"""From a ladder of acquisitions to training material: aligned, rescaled levels, masks, noise levels and the
+fused pseudo-ground truth (§2 and §3.1 of the plan), batched on any device.
+
+Everything is expressed in the frame and units of level 0, the noisy input the denoiser sees at inference:
+each level k is shifted by its offset relative to level 0 and scaled by ``s_k / s_0``, where ``s_k`` maps it
+onto the top level on the peak mask. Level 0 itself is never modified.
+
+Fusion assumes the levels carry independent noise (separate acquisitions). Cumulative sums of the same scans
+share noise with the input, and a target that shares the input's noise pulls the network towards the
+identity; for the same reason the input level is left out of its own target unless ``include_input``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from data_loader.nmr.preprocess import (
+    MAD_TO_SIGMA,
+    baseline_mask,
+    estimate_shift,
+    fourier_shift,
+    peak_mask,
+    robust_scale,
+    robust_sigma,
+)
+
+Weighting = Literal["inverse_variance", "snr", "top_only"]
+
+
+@dataclass
+class Ladder:
+    """A prepared batch. ``B`` samples, ``K+1`` levels, ``L`` points; all in level-0 frame and units.
+
+    levels: ``(B, K+1, L)`` aligned and rescaled levels (row 0 is the raw input).
+    target: ``(B, L)`` fused pseudo-ground truth.
+    peaks, baseline: ``(B, L)`` bool masks, chosen on the top level.
+    sigma: ``(B, K+1)`` robust noise standard deviation of each level (1.4826·MAD on the baseline).
+    snr: ``(B, K+1)`` the plan's SNR, (P95 on peaks − median on baseline) / σ.
+    weights: ``(B, K+1)`` fusion weights (sum 1).
+    shifts: ``(B, K+1)`` points each level was shifted by; scales: ``(B, K+1)`` factors applied.
+    """
+
+    levels: torch.Tensor
+    target: torch.Tensor
+    peaks: torch.Tensor
+    baseline: torch.Tensor
+    sigma: torch.Tensor
+    snr: torch.Tensor
+    weights: torch.Tensor
+    shifts: torch.Tensor
+    scales: torch.Tensor
+
+    def estimated_ratio(self) -> torch.Tensor:
+        """T̂ per sample ``(B,)``: the median over adjacent levels of σ_k / σ_(k+1)."""
+        return (self.sigma[:, :-1] / self.sigma[:, 1:].clamp_min(1e-30)).median(dim=1).values
+
+
+def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting = "inverse_variance",
+                   gamma: float = 1.0, max_share: float = 1.0, include_input: bool = False) -> torch.Tensor:
+    """Fusion weights ``(B, K+1)`` summing to 1 per sample.
+
+    ``inverse_variance``: w_k ∝ 1/σ_k², the minimum-variance combination of independent noisy copies of
+    one signal. ``snr``: w_k ∝ SNR_k^γ, the plan's choice (SNR_k ∝ T^k gives less weight to the best levels
+    than 1/σ² ∝ T^2k does, so the fused target is noisier). ``top_only``: level K alone.
+    ``max_share`` caps any one weight at that share of the total; the excess goes to the other levels in
+    proportion to their weights (repeated until no weight exceeds the cap), so one level with a
+    misestimated σ cannot dominate the target. Level 0 gets weight 0 unless ``include_input``.
+    """
+    if not 0 < max_share <= 1:
+        raise ValueError(f"max_share must be in (0, 1], got {max_share}")
+    levels = sigma.shape[1]
+    if weighting == "top_only":
+        raw = torch.zeros_like(sigma)
+        raw[:, -1] = 1
+    elif weighting == "inverse_variance":
+        raw = sigma.clamp_min(1e-30).pow(-2)
+    elif weighting == "snr":
+        raw = snr.clamp_min(1e-6).pow(gamma)
+    else:
+        raise ValueError(f"weighting must be inverse_variance, snr or top_only, got {weighting!r}")
+    if not include_input and weighting != "top_only":
+        raw = raw.clone()
+        raw[:, 0] = 0
+    weights = raw / raw.sum(1, keepdim=True)
+    if weighting == "top_only" or max_share >= 1:
+        return weights
+    usable = int((raw[0] > 0).sum())
+    if max_share * usable < 1:
+        raise ValueError(f"max_share {max_share} is infeasible with {usable} fused levels: it must be at least "
+                         f"1/{usable}")
+    for _ in range(levels):
+        capped = weights >= max_share
+        excess = (weights - max_share).clamp_min(0).sum(1, keepdim=True)
+        free = torch.where(capped, torch.zeros_like(weights), weights)
+        weights = torch.where(capped, torch.full_like(weights, max_share),
+                              weights + excess * free / free.sum(1, keepdim=True).clamp_min(1e-30))
+    return weights
+
+
+def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
+             sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """The plan's SNR per spectrum ``(B,)``: (P95 of the peak points − median of the baseline) / σ.
+
+    σ defaults to the robust 1.4826·MAD on the baseline. Rows without peak points give 0.
+    """
+    if sigma is None:
+        sigma = robust_sigma(spectra, baseline)
+    on_peaks = torch.where(peaks, spectra, torch.full_like(spectra, float("nan")))
+    p95 = torch.nanquantile(on_peaks.double(), 0.95, dim=1).to(spectra.dtype)
+    base = torch.where(baseline, spectra, torch.full_like(spectra, float("nan"))).nanmedian(dim=1).values
+    return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
+
+
+def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_variance", gamma: float = 1.0,
+                   max_share: float = 0.9, include_input: bool = False, align: bool = True,
+                   rescale: bool = True, alpha: float = 5.0, dilate: int = 5, erode: int = 3,
+                   max_shift: int | None = 16) -> Ladder:
+    """Align, rescale, mask and fuse a batch of ladders ``(B, K+1, L)`` (rising SNR); inputs are not modified.
+
+    ``align``: shift every level onto the top one by FFT cross-correlation (sub-point, within ``max_shift``
+    points), then express all in level 0's frame. ``rescale``: robust least squares on the peak mask
+    (the plan's s_k), expressed in level 0's units. The peak mask is chosen on the top level (median +
+    ``alpha``·MAD threshold on its Savitzky–Golay smoothing, dilated): the point-wise maximum over levels
+    the plan suggests would admit the noise spikes of the noisy levels.
+    """
+    batch, levels, length = spectra.shape
+    if levels < 2:
+        raise ValueError(f"a ladder needs at least 2 levels, got {levels}")
+    x = spectra.float()
+    top = x[:, -1]
+    flat = x.reshape(batch * levels, length)
+    if align:
+        shifts = estimate_shift(flat, top.repeat_interleave(levels, 0), search=max_shift).view(batch, levels)
+        shifts = shifts - shifts[:, :1]   # relative to level 0, which stays where it is
+        x = fourier_shift(flat, -shifts.flatten()).view(batch, levels, length)
+        x[:, 0] = spectra[:, 0]
+    else:
+        shifts = torch.zeros(batch, levels, device=x.device)
+    top = x[:, -1]
+    peaks = peak_mask(top, alpha=alpha, dilate=dilate)
+    baseline = baseline_mask(peaks, erode=erode)
+    if rescale:
+        scales = robust_scale(x.reshape(batch * levels, length), top.repeat_interleave(levels, 0),
+                              peaks.repeat_interleave(levels, 0)).view(batch, levels)
+        scales = scales / scales[:, :1]
+        x = x * scales[..., None]
+    else:
+        scales = torch.ones(batch, levels, device=x.device)
+    level_base = baseline.repeat_interleave(levels, 0)
+    sigma = robust_sigma(x.reshape(batch * levels, length), level_base).view(batch, levels)
+    snr = plan_snr(x.reshape(batch * levels, length), peaks.repeat_interleave(levels, 0), level_base,
+                   sigma.flatten()).view(batch, levels)
+    weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
+    target = (weights[..., None] * x).sum(1)
+    return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
+                  weights=weights, shifts=shifts, scales=scales)
+
+
+__all__ = ["Ladder", "MAD_TO_SIGMA", "Weighting", "fusion_weights", "plan_snr", "prepare_ladder"]
