@@ -31,9 +31,12 @@ MODEL_INPUTS = {
     "MultiExpertResNeXt50": dict(args={"num_classes": 5, "hypernet": {"rank": 4}}, shape=(2, 3, 64, 64)),
     "MultiExpertResNet152": dict(args={"num_classes": 5, "hypernet": {"mode": "adapter", "rank": 4}},
                                  shape=(2, 3, 64, 64)),
+    # spectrum models map (B, L) to (B, L): "out" gives the expected output shape
+    "UNet1D": dict(args={"channels": [8, 16, 16], "kernel_size": 5}, shape=(2, 301), out=(2, 301)),
 }
 # Losses whose input is not (N, C) logits: how to call them
 EXPERT_LOSSES = {"DiverseExpertLoss"}
+SPECTRUM_LOSSES = {"NMRDenoiseLoss"}
 DATA_LOADER_ARGS = {  # "{cifar}" is replaced by the generated CIFAR directory
     "DigitsLT": {"batch_size": 16},
     "CIFAR10LT": {"data_dir": "{cifar}", "imb_factor": 0.1, "batch_size": 16},
@@ -42,6 +45,11 @@ DATA_LOADER_ARGS = {  # "{cifar}" is replaced by the generated CIFAR directory
 # Loaders reading image lists need a dataset on disk; tests/test_image_list.py builds them on a generated
 # folder. Here, a config using one must fail with a DataError that names the missing path.
 FILE_BASED = {"ImageNetLT", "PlacesLT", "INaturalist2018"}
+# Loaders of NMR ladders yield (spectra (B, K+1, L), clean (B, L), index); "{nmr}" is a generated directory
+SPECTRUM_LOADER_ARGS = {
+    "NMRSimulated": {"batch_size": 4, "n_train": 8, "n_valid": 4, "n_test": 4, "simulation": {"length": 128}},
+    "NMRDirectory": {"data_dir": "{nmr}", "batch_size": 2, "validation_split": 0},
+}
 
 
 def test_configs_exist():
@@ -68,7 +76,7 @@ def test_every_config_validates_and_builds(path, tmp_path, cifar_root):
     if config.get("init_from"):
         config["init_from"] = stage1_checkpoint(config, tmp_path)
     parsed = ConfigParser(config, source=str(path))
-    if config["data_loader"]["type"] in FILE_BASED:
+    if config["data_loader"]["type"] in FILE_BASED | {"NMRDirectory"}:
         with pytest.raises(DataError, match=re.escape(str(Path(loader_args["data_dir"])))):
             train.build_trainer(parsed)
         # everything but the data still builds
@@ -89,16 +97,19 @@ def test_every_model_runs_forward_and_backward(name):
         pytest.fail(f"add {name} to MODEL_INPUTS in {__file__} so it is smoke-tested")
     model = MODELS.build({"type": name, "args": spec["args"]}, ("arch",))
     out = model(torch.randn(*spec["shape"]))
-    assert out.shape == (spec["shape"][0], spec["args"]["num_classes"])
+    assert out.shape == spec.get("out", (spec["shape"][0], spec["args"].get("num_classes")))
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", DATA_LOADERS.names())
-def test_every_data_loader_yields_image_label_index(name, cifar_root):
+def test_every_data_loader_yields_image_label_index(name, cifar_root, tmp_path):
     if name in FILE_BASED:
         pytest.skip("built on a generated image folder in tests/test_image_list.py")
+    if name in SPECTRUM_LOADER_ARGS:
+        check_spectrum_loader(name, tmp_path)
+        return
     args = DATA_LOADER_ARGS.get(name)
     if args is None:
         pytest.fail(f"add {name} to DATA_LOADER_ARGS in {__file__} so it is smoke-tested")
@@ -110,8 +121,30 @@ def test_every_data_loader_yields_image_label_index(name, cifar_root):
     assert sum(loader.cls_num_list) == len(loader.dataset)
 
 
+def check_spectrum_loader(name: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.savez(tmp_path / f"ladder_{i}.npz", spectra=rng.normal(size=(3, 64)))
+    args = {k: str(tmp_path) if v == "{nmr}" else v for k, v in SPECTRUM_LOADER_ARGS[name].items()}
+    loader = DATA_LOADERS.build({"type": name, "args": args}, ("data_loader",), training=True)
+    spectra, clean, index = next(iter(loader))
+    assert spectra.dtype == torch.float32 and spectra.ndim == 3 and spectra.shape[1] >= 2
+    assert clean.shape == (spectra.shape[0], spectra.shape[2]) and index.dtype == torch.int64
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_every_loss_is_finite_and_differentiable(name):
+    if name in SPECTRUM_LOSSES:  # denoised spectra (B, L) against a target, with peak and baseline masks
+        output, target = torch.randn(2, 64, requires_grad=True), torch.randn(2, 64)
+        peaks = target > 1
+        loss = LOSSES.build({"type": name, "args": {}}, ("loss",))
+        value = loss(output, target, peaks, ~peaks)["loss"]
+        assert value.ndim == 0 and torch.isfinite(value) and value > 0
+        value.backward()
+        assert output.grad.abs().sum() > 0
+        return
     # expert losses take the experts' logits (N, E, C) and the preference
     shape = (8, 3, 5) if name in EXPERT_LOSSES else (8, 5)
     logits = torch.randn(*shape, requires_grad=True)
