@@ -80,6 +80,9 @@ class NMRSimulated(BaseDataLoader):
                  n_train: int = 2048, n_valid: int = 128, n_test: int = 256, test_snr: float | None = 10.0,
                  fresh_each_epoch: bool = False, seed: int = 0, num_workers: int = 0):
         self.settings = SimulationSettings.from_dict(simulation)
+        if fresh_each_epoch and num_workers:
+            raise ValueError("fresh_each_epoch needs num_workers 0: worker processes keep their own copy of the "
+                             "ladders (generation is vectorised and fast on the main process)")
         if min(n_train, n_test) < 1 or n_valid < 0:
             raise ValueError("n_train and n_test must be >= 1 and n_valid >= 0")
         if test_snr is not None and not test_snr > 0:
@@ -110,7 +113,10 @@ class NMRSimulated(BaseDataLoader):
         return f"{self.n_valid} held-out simulated ladders ({snr}, seed offset {_VALID_SEED})"
 
     def set_epoch(self, epoch: int) -> None:
-        """With ``fresh_each_epoch``, replace the training ladders by new ones drawn for ``epoch`` (same on all ranks)."""
+        """With ``fresh_each_epoch``, replace the training ladders by new ones drawn for ``epoch``.
+
+        Every rank draws the same ladders (the seed depends only on the epoch); the sampler shards them.
+        """
         if self.fresh_each_epoch and self._training and epoch > 1:
             fresh = simulate_ladders(self.settings, self.n_train, self.seed + _EPOCH_SEED * epoch)
             self.dataset.spectra, self.dataset.clean = fresh["spectra"], fresh["clean"]
