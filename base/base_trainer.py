@@ -409,12 +409,16 @@ class BaseTrainer(ABC):
         return state
 
     # --- testing ----------------------------------------------------------------------------------
-    def test(self, output_dir: Path | None = None) -> dict[str, Any]:
+    def test(self, output_dir: Path | None = None, data_dir: str | Path | None = None) -> dict[str, Any]:
         """Evaluate the current weights on the test split; returns ``{"metrics": ..., "n": N}``.
 
-        ``output_dir`` is for trainers that write per-sample outputs (denoised spectra); classification
-        trainers write none.
+        ``output_dir`` and ``data_dir`` are for trainers that write per-sample outputs or read data other than
+        their loader's (the NMR denoiser); here the loader already reads ``test.py --data_dir`` through the
+        config, and nothing is written.
         """
+        if data_dir is not None and (self.config["data_loader"].get("args") or {}).get("data_dir") != str(data_dir):
+            raise ConfigError(f"--data_dir: the {self.config['data_loader']['type']} data loader does not read a data "
+                              "directory; its data comes from the config")
         loader = self.config.build_data_loader(training=False, device=self.device)
         metrics = self.evaluate(loader)
         return {"metrics": metrics, "n": len(loader.dataset)}

@@ -36,6 +36,16 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return f"{head}\n{'-' * len(head)}\n{row}"
 
 
+def format_comparison(rows: dict[str, dict[str, Any]]) -> str:
+    """A text table with one row per method (e.g. model and baselines) and one column per metric."""
+    names = list(dict.fromkeys(k for row in rows.values() for k in row))
+    cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    table = [["method", *names]] + [[method, *(cell(row.get(n)) for n in names)] for method, row in rows.items()]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths)) for r in table]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON; NaN/Inf become null so the file stays valid JSON."""
     def clean(value):

@@ -618,7 +618,14 @@ def _referenced_paths(groups: list[SpectrumGroup]) -> set[Path]:
 
 
 def _check_level_counts(groups: list[SpectrumGroup], levels: int | None, allow_single: bool) -> None:
-    """All groups have ``levels`` rows (or, without it, the count most groups have); >= 2 unless allow_single."""
+    """All groups have ``levels`` rows (or, without it, the count most groups have); >= 2 unless allow_single.
+
+    With ``allow_single`` (inference), single spectra may sit beside ladders: they are denoised unscored.
+    """
+    if allow_single:
+        groups = [group for group in groups if group.spectra.shape[0] > 1]
+        if not groups:
+            return
     counts = [group.spectra.shape[0] for group in groups]
     expected = levels if levels is not None else max(set(counts), key=lambda c: (counts.count(c), c))
     reason = f"levels={levels}" if levels is not None else f"as in {counts.count(expected)} other group(s)"

@@ -1,0 +1,168 @@
+"""NMRDenoiseTrainer end to end on tiny simulated ladders: schedule, checkpoints, test.py outputs (issue 6)."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import test as test_cli
+import train
+from parse_config import ConfigParser
+from tests.fixtures import run_training
+from utils.checkpoint import load_checkpoint
+from utils.errors import DataError
+
+TINY_NMR = {
+    "name": "tiny_nmr",
+    "seed": 0,
+    "arch": {"type": "UNet1D", "args": {"channels": [8, 16, 16], "kernel_size": 5, "se": True}},
+    "data_loader": {"type": "NMRSimulated", "args": {
+        "batch_size": 8, "n_train": 16, "n_valid": 8, "n_test": 8, "test_snr": 10.0,
+        "simulation": {"length": 256, "levels": 4, "snr_ratio": 2.0, "sw_hz": 500.0, "multiplets": [1, 3]}}},
+    "loss": {"type": "NMRDenoiseLoss", "args": {"weights": {"ratio": 0.0}}},
+    "optimizer": {"type": "AdamW", "args": {"lr": 1e-3}},
+    "lr_scheduler": {"type": "WarmupCosineLR", "args": {"warmup_epochs": 1}},
+    "trainer": {"type": "NMRDenoiseTrainer", "args": {
+        "epochs": 3, "phase_a_epochs": 1, "phase_b_weights": {"cons": 1.0, "ratio": 0.2}, "snr_ratio": 2.0,
+        "monitor": "min val_l2", "tensorboard": False, "progress_bar": False, "figure_count": 1}},
+}
+
+
+@pytest.fixture
+def nmr_config(tmp_path):
+    config = copy.deepcopy(TINY_NMR)
+    config["trainer"]["args"]["save_dir"] = str(tmp_path / "saved")
+    return config
+
+
+def build(config):
+    return train.build_trainer(ConfigParser(copy.deepcopy(config)))
+
+
+def test_schedule_phases_curriculum_and_weights(nmr_config):
+    nmr_config["trainer"]["args"].update(epochs=7, phase_a_epochs=2, curriculum_fraction=0.5,
+                                         peak_weight_final=10.0, curv_final=0.0)
+    trainer = build(nmr_config)
+    assert [trainer.phase(e) for e in range(1, 8)] == ["A", "A", "B", "B", "B", "B", "B"]
+    torch.manual_seed(0)
+    for _ in range(20):  # phase A: two random levels above 0
+        chosen = trainer.levels_for(1, 4)
+        assert len(chosen) == 2 and 0 not in chosen and chosen == sorted(chosen)
+    # phase B (epochs 3..7): from the top pair down to level 0 over the first half, then all levels
+    assert [trainer.levels_for(e, 4) for e in range(3, 8)] == [[2, 3], [1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3],
+                                                               [0, 1, 2, 3]]
+    weights_a, peak_a = trainer.loss_settings(1)
+    weights_end, peak_end = trainer.loss_settings(7)
+    assert peak_a == 6.0 and peak_end == pytest.approx(10.0)
+    assert weights_a["ratio"] == 0.0 and weights_end["ratio"] == 0.2 and weights_end["cons"] == 1.0
+    assert weights_end["curv"] == pytest.approx(0.0)
+
+
+def test_two_epochs_plus_resume_one_equal_three(nmr_config, tmp_path):
+    # a schedule that does not depend on the number of epochs, so 2 + 1 and 3 run the same steps
+    nmr_config["lr_scheduler"]["args"]["total_epochs"] = 3
+    nmr_config["trainer"]["args"].update(epochs=2, curriculum=False)
+    trainer, parsed = run_training(copy.deepcopy(nmr_config), run_id="two")
+    latest = parsed.model_dir / "latest.pth"
+    resumed_config = copy.deepcopy(nmr_config)
+    resumed_config["trainer"]["args"]["epochs"] = 3
+    resumed, _ = run_training(resumed_config, run_id=None, resume=latest)
+    straight_config = copy.deepcopy(nmr_config)
+    straight_config["trainer"]["args"]["epochs"] = 3
+    straight, _ = run_training(straight_config, run_id="three")
+    for a, b in zip(resumed.raw_model.state_dict().values(), straight.raw_model.state_dict().values()):
+        assert torch.equal(a, b)
+    state = load_checkpoint(latest)
+    assert state["epoch"] == 3  # the resumed run continued in the same directory
+
+
+def test_loss_terms_logged_and_ratio_warning(nmr_config, monkeypatch):
+    nmr_config["trainer"]["args"]["snr_ratio"] = 3.0   # the simulated data has T = 2
+    trainer = build(nmr_config)
+    warnings = []
+    monkeypatch.setattr(trainer.logger, "warning", warnings.append)
+    log = trainer._train_epoch(3)
+    assert {"loss", "rec", "deriv", "curv", "cons", "ratio"} <= set(log) and log["phase"] == "B"
+    assert all(np.isfinite(v) for k, v in log.items() if k != "phase")
+    assert len(warnings) == 1 and re.search(r"T ≈ 1\.9\d per level .*snr_ratio is 3\.0", warnings[0])
+
+
+def test_quickly_trained_model_beats_its_input(nmr_config):
+    """A few epochs on fresh ladders already denoise: L2 to the clean spectrum drops below the input's."""
+    nmr_config["data_loader"]["args"].update(n_train=64, fresh_each_epoch=True)
+    nmr_config["trainer"]["args"].update(epochs=4, phase_a_epochs=4)
+    nmr_config["optimizer"]["args"]["lr"] = 3e-3
+    trainer, _ = run_training(nmr_config, run_id="learn")
+    result = trainer.test()
+    assert result["reference"] == "clean" and result["n"] == 8
+    assert set(result["baselines"]) == {"input", "savgol", "apodisation"}
+    assert result["metrics"]["l2"] < result["baselines"]["input"]["l2"]
+
+
+def write_ladders(directory, count=2, levels=4, length=256, clean=True, seed=0):
+    from data_loader.nmr.simulate import SimulationSettings, simulate_ladders
+
+    settings = SimulationSettings(length=length, levels=levels, sw_hz=500.0, multiplets=(1, 3))
+    data = simulate_ladders(settings, count, seed=seed, snr=10.0)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        arrays = {"spectra": data["spectra"][i].double().numpy(), "ppm": data["ppm"].double().numpy()}
+        if clean:
+            arrays["clean"] = data["clean"][i].double().numpy()
+        np.savez(directory / f"sample_{i}.npz", **arrays)
+    return data
+
+
+def test_test_cli_writes_denoised_spectra_figures_and_metrics(nmr_config, tmp_path, capsys):
+    _, parsed = run_training(nmr_config, run_id="cli")
+    checkpoint = parsed.model_dir / "latest.pth"
+    data_dir, out_dir, out = tmp_path / "ladders", tmp_path / "denoised", tmp_path / "metrics.json"
+    write_ladders(data_dir, clean=False)
+    np.save(data_dir / "single.npy", np.load(data_dir / "sample_0.npz")["spectra"][0])
+    test_cli.main(["-r", str(checkpoint), "--data_dir", str(data_dir), "--save_dir", str(out_dir),
+                   "--out", str(out), "-d", "cpu"])
+    report = json.loads(out.read_text())
+    assert report["reference"] == "pseudo_ground_truth" and report["n"] == 3
+    assert {"snr_in", "snr_out", "snr_gain", "peak_f1", "peak_shift", "fwhm_rel_err", "integral_rel_err", "l1",
+            "l2"} <= set(report["metrics"])
+    assert set(report["baselines"]) == {"input", "savgol", "apodisation"}
+    for name in ("sample_0", "sample_1", "single"):
+        saved = np.load(out_dir / f"{name}.npz")
+        assert saved["denoised"].shape == (256,)
+        assert (out_dir / f"{name}.png").stat().st_size > 0
+    assert "ppm" in np.load(out_dir / "sample_0.npz")
+    assert "savgol" in capsys.readouterr().out  # the side-by-side table
+
+
+def test_test_cli_on_one_file_and_bad_files(nmr_config, tmp_path):
+    _, parsed = run_training(nmr_config, run_id="files")
+    checkpoint = str(parsed.model_dir / "latest.pth")
+    data_dir = tmp_path / "ladders"
+    write_ladders(data_dir, count=1)
+    test_cli.main(["-r", checkpoint, "--data_dir", str(data_dir / "sample_0.npz"), "--save_dir",
+                   str(tmp_path / "one"), "-d", "cpu"])
+    assert np.load(tmp_path / "one" / "sample_0.npz")["denoised"].shape == (256,)
+    bad = np.load(data_dir / "sample_0.npz")["spectra"]
+    bad[2, 10] = np.nan
+    np.save(data_dir / "broken.npy", bad)
+    with pytest.raises(DataError, match="broken.npy"):
+        test_cli.main(["-r", checkpoint, "--data_dir", str(data_dir), "-d", "cpu"])
+
+
+def test_directory_loader_trains_and_scores_against_pseudo_ground_truth(nmr_config, tmp_path):
+    data_dir = tmp_path / "train"
+    write_ladders(data_dir, count=6, clean=False)
+    nmr_config["data_loader"] = {"type": "NMRDirectory", "args": {"data_dir": str(data_dir), "batch_size": 4,
+                                                                  "levels": 4, "validation_split": 2}}
+    nmr_config["trainer"]["args"].update(epochs=1, phase_a_epochs=1)
+    nmr_config["lr_scheduler"]["args"]["warmup_epochs"] = 0
+    trainer, _ = run_training(nmr_config, run_id="dir")
+    result = trainer.test()
+    assert result["reference"] == "pseudo_ground_truth" and result["n"] == 6
+    nmr_config["data_loader"]["args"]["levels"] = 5
+    with pytest.raises(DataError, match="sample_0"):
+        build(nmr_config)
