@@ -83,7 +83,8 @@ def test_every_config_validates_and_builds(path, tmp_path, cifar_root):
         model = parsed.build("arch")
         optimizer = parsed.build("optimizer", params=list(model.parameters()))
         if "lr_scheduler" in parsed:
-            parsed.build("lr_scheduler", optimizer=optimizer, optional={"total_epochs": 2})
+            parsed.build("lr_scheduler", optimizer=optimizer,
+                         optional={"total_epochs": config["trainer"]["args"]["epochs"]})
     else:
         trainer = train.build_trainer(parsed)
         assert trainer.model is not None

@@ -83,7 +83,8 @@ class NMRDenoiseTrainer(BaseTrainer):
                            align=align, rescale=rescale)
         self.tolerance_ppm, self.figure_count = tolerance_ppm, figure_count
         self._ratio_checked = False
-        self._shown: list[dict[str, Any]] = []
+        self._shown: list[dict[str, Any]] = []   # spectra kept from the last evaluation for figures
+        self._reference_kind = "none"
 
     # --- the schedule -----------------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
@@ -230,13 +231,15 @@ class NMRDenoiseTrainer(BaseTrainer):
                 for i, name in enumerate(names):
                     self._write(output_dir, name, spectra[i, 0].numpy(), denoised[i].numpy(), reference[i].numpy(),
                                 ppm)
-        self._reference_kind = " and ".join(sorted(kinds))
-        return {method: mean_metrics(values) for method, values in rows.items()}
+        self._reference_kind = " and ".join(sorted(set(dist.gather_lists(sorted(kinds)))))
+        # under DDP each rank scored its shard: pool the per-spectrum rows before averaging
+        return {method: mean_metrics(dist.gather_lists(values)) for method, values in sorted(rows.items())}
 
     def _valid_epoch(self, epoch: int) -> dict[str, Any]:
         log = self.evaluate(self.valid_loader)
-        for tag, figure in self.figures(title=f"epoch {epoch}").items():
-            self.writer.figure(f"valid/{tag}", figure, epoch)
+        if self.writer.enabled:
+            for tag, figure in self.figures(title=f"epoch {epoch}").items():
+                self.writer.figure(f"valid/{tag}", figure, epoch)
         return log
 
     def test(self, output_dir: Path | None = None, data_dir: str | Path | None = None) -> dict[str, Any]:

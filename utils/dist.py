@@ -57,6 +57,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather_lists(items: list) -> list:
+    """Concatenate a list of picklable items over all ranks (every rank gets the whole list, rank order)."""
+    if not is_distributed():
+        return items
+    gathered: list = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
