@@ -52,6 +52,8 @@ class NMRDenoiseTrainer(BaseTrainer):
         weighting, gamma, max_share, include_input: the pseudo-ground truth (see ``fusion_weights``):
             ``inverse_variance`` (default), ``snr`` (w ∝ SNR^γ, the plan) or ``top_only``.
         align, rescale: the preprocessing steps of §2.1 and §2.2 (off for the ablations).
+        anchor_peaks, anchor_window: local alignment refinement in windows around that many strong peaks
+            (0: one global shift per level).
         tolerance_ppm: peak-matching tolerance in evaluation (points are used when the data has no ppm axis).
         figure_count: spectra drawn in TensorBoard each validation and in ``test.py``'s figure.
     """
@@ -61,10 +63,13 @@ class NMRDenoiseTrainer(BaseTrainer):
                  curriculum_fraction: float = 0.5, peak_weight_final: float | None = None,
                  curv_final: float | None = None,
                  weighting: Literal["inverse_variance", "snr", "top_only"] = "inverse_variance", gamma: float = 1.0,
-                 max_share: float = 0.9, include_input: bool = False, align: bool = True, rescale: bool = True,
+                 max_share: float = 0.9, include_input: bool = False, align: bool = True, anchor_peaks: int = 0,
+                 anchor_window: int = 64, rescale: bool = True,
                  tolerance_ppm: float = 0.01, figure_count: int = 3, **kwargs):
         if not snr_ratio > 1:
             raise ValueError(f"snr_ratio (T) must be > 1, got {snr_ratio}")
+        if anchor_peaks < 0 or anchor_window < 8:
+            raise ValueError(f"anchor_peaks must be >= 0 and anchor_window >= 8, got {anchor_peaks}, {anchor_window}")
         if phase_a_epochs < 0 or phase_a_levels < 1 or not 0 < curriculum_fraction <= 1:
             raise ValueError("phase_a_epochs must be >= 0, phase_a_levels >= 1, curriculum_fraction in (0, 1]")
         if not 0 < max_share <= 1:
@@ -80,7 +85,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         self.curriculum, self.curriculum_fraction = curriculum, curriculum_fraction
         self.peak_weight_final, self.curv_final = peak_weight_final, curv_final
         self.fusion = dict(weighting=weighting, gamma=gamma, max_share=max_share, include_input=include_input,
-                           align=align, rescale=rescale)
+                           align=align, anchor_peaks=anchor_peaks, anchor_window=anchor_window, rescale=rescale)
         self.tolerance_ppm, self.figure_count = tolerance_ppm, figure_count
         self._ratio_checked = False
         self._shown: list[dict[str, Any]] = []   # spectra kept from the last evaluation for figures

@@ -18,9 +18,12 @@ import torch
 
 from data_loader.nmr.preprocess import (
     MAD_TO_SIGMA,
+    anchor_positions,
+    apply_local_shifts,
     baseline_mask,
     estimate_shift,
     fourier_shift,
+    local_shifts,
     peak_mask,
     robust_scale,
     robust_sigma,
@@ -116,11 +119,13 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
 def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_variance", gamma: float = 1.0,
                    max_share: float = 0.9, include_input: bool = False, align: bool = True,
                    rescale: bool = True, alpha: float = 5.0, dilate: int = 5, erode: int = 3,
-                   max_shift: int | None = 16) -> Ladder:
+                   max_shift: int | None = 16, anchor_peaks: int = 0, anchor_window: int = 64) -> Ladder:
     """Align, rescale, mask and fuse a batch of ladders ``(B, K+1, L)`` (rising SNR); inputs are not modified.
 
     ``align``: shift every level onto the top one by FFT cross-correlation (sub-point, within ``max_shift``
-    points), then express all in level 0's frame. ``rescale``: robust least squares on the peak mask
+    points), then express all in level 0's frame; with ``anchor_peaks`` > 0, refine it locally: shifts measured
+    in ``anchor_window``-point windows around that many of the top level's strongest peaks, interpolated
+    between them (for drifts that differ along the spectrum). ``rescale``: robust least squares on the peak mask
     (the plan's s_k), expressed in level 0's units. The peak mask is chosen on the top level (median +
     ``alpha``·MAD threshold on its Savitzky–Golay smoothing, dilated): the point-wise maximum over levels
     the plan suggests would admit the noise spikes of the noisy levels.
@@ -136,6 +141,9 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
         shifts = shifts - shifts[:, :1]   # relative to level 0, which stays where it is
         x = fourier_shift(flat, -shifts.flatten()).view(batch, levels, length)
         x[:, 0] = spectra[:, 0]
+        if anchor_peaks:
+            x = _align_anchors(x, anchor_peaks, anchor_window)
+            x[:, 0] = spectra[:, 0]
     else:
         shifts = torch.zeros(batch, levels, device=x.device)
     top = x[:, -1]
@@ -156,6 +164,18 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     target = (weights[..., None] * x).sum(1)
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
                   weights=weights, shifts=shifts, scales=scales)
+
+
+def _align_anchors(x: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
+    """Remove what is left of each level's offset to the top level around its strongest peaks, relative to
+    level 0 (which stays as it is)."""
+    batch, levels, length = x.shape
+    window = min(window, length)
+    centres = anchor_positions(x[:, -1], anchors, window).repeat_interleave(levels, 0)
+    flat = x.reshape(batch * levels, length)
+    shifts = local_shifts(flat, x[:, -1].repeat_interleave(levels, 0), centres, window).view(batch, levels, -1)
+    relative = (shifts - shifts[:, :1]).flatten(0, 1)
+    return apply_local_shifts(flat, centres, -relative).view(batch, levels, length)
 
 
 __all__ = ["Ladder", "MAD_TO_SIGMA", "Weighting", "fusion_weights", "plan_snr", "prepare_ladder"]

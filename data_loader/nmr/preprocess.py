@@ -110,6 +110,62 @@ def align(spectra: torch.Tensor, reference: torch.Tensor,
     return fourier_shift(spectra, -shift), shift
 
 
+def anchor_positions(reference: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
+    """Centres ``(B, anchors)`` of the strongest peaks of each reference ``(B, L)`` (Savitzky–Golay smoothed),
+    at least ``window`` points apart, sorted by position."""
+    smooth = savgol_smooth(reference)
+    index = torch.arange(reference.shape[-1], device=reference.device)
+    found = []
+    for _ in range(anchors):
+        centre = smooth.argmax(dim=1)
+        found.append(centre)
+        near = (index[None] - centre[:, None]).abs() < window
+        smooth = torch.where(near, torch.full_like(smooth, -math.inf), smooth)
+    return torch.stack(found, dim=1).sort(dim=1).values
+
+
+def _windows(spectra: torch.Tensor, centres: torch.Tensor, window: int) -> torch.Tensor:
+    """Hann-tapered segments ``(B, A, window)`` of ``spectra (B, L)`` around ``centres (B, A)`` (kept inside)."""
+    length = spectra.shape[-1]
+    start = (centres - window // 2).clamp(0, max(length - window, 0))
+    index = start[..., None] + torch.arange(window, device=spectra.device)
+    taper = torch.hann_window(window, periodic=False, dtype=spectra.dtype, device=spectra.device)
+    return spectra.gather(1, index.flatten(1)).view(*centres.shape, window) * taper
+
+
+def local_shifts(spectra: torch.Tensor, reference: torch.Tensor, centres: torch.Tensor, window: int = 64,
+                 search: int = 4) -> torch.Tensor:
+    """Shift ``(B, A)`` of each spectrum relative to ``reference`` within the windows around ``centres``."""
+    batch, count = centres.shape
+    segments = _windows(spectra, centres, window).reshape(batch * count, window)
+    targets = _windows(reference.expand_as(spectra), centres, window).reshape(batch * count, window)
+    return estimate_shift(segments, targets, search=search).view(batch, count)
+
+
+def apply_local_shifts(spectra: torch.Tensor, centres: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Move each spectrum by a shift that varies smoothly along it: ``shifts (B, A)`` at ``centres (B, A)``
+    (sorted), linearly interpolated between anchors and constant beyond them.
+
+    Built as a partition of unity of exact Fourier shifts (hat weights between neighbouring anchors), so
+    the noise is not smoothed the way interpolating the samples would smooth it.
+    """
+    length = spectra.shape[-1]
+    grid = torch.arange(length, device=spectra.device, dtype=torch.float64)[None].expand(len(spectra), -1)
+    pos = centres.double()
+    weights = []
+    for a in range(pos.shape[1]):
+        left = pos[:, a - 1:a] if a > 0 else None
+        right = pos[:, a + 1:a + 2] if a + 1 < pos.shape[1] else None
+        here = pos[:, a:a + 1]
+        rise = torch.ones_like(grid) if left is None else ((grid - left) / (here - left).clamp_min(1)).clamp(0, 1)
+        fall = torch.ones_like(grid) if right is None else ((right - grid) / (right - here).clamp_min(1)).clamp(0, 1)
+        weights.append(torch.where(grid <= here, rise, fall))
+    weight = torch.stack(weights, dim=1)                                                   # (B, A, L)
+    weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
+    moved = fourier_shift(spectra.repeat_interleave(pos.shape[1], 0), shifts.flatten()).view(*weight.shape)
+    return (weight.to(spectra.dtype) * moved).sum(1)
+
+
 def robust_scale(spectra: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, iterations: int = 10,
                  tukey: float = 4.685) -> torch.Tensor:
     """Scale ``s`` per spectrum ``(B,)`` with ``s * spectrum ≈ reference`` on ``mask`` points.
