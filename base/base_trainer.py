@@ -260,6 +260,9 @@ class BaseTrainer(ABC):
                 self.raw_model.train()
                 log = {"epoch": epoch, **self._train_epoch(epoch)}
                 self.check_finite(epoch)
+                # DDP syncs buffers (BatchNorm statistics) only before training forwards: make the ranks agree
+                # before validation and saving (the checkpoint holds rank 0's)
+                dist.broadcast_buffers(self.raw_model)
                 if self.valid_loader is not None:
                     log.update({f"val_{k}": v for k, v in self._valid_epoch(epoch).items()})
                 improved = self._update_monitor(log)

@@ -227,8 +227,10 @@ class NMRDenoiseTrainer(BaseTrainer):
         base = dataset.dataset if hasattr(dataset, "indices") else dataset
         ppm = base.ppm.numpy() if base.ppm is not None else None
         rows: dict[str, list] = {}
+        indices: list[int] = []
         self._shown, kinds = [], set()
         for spectra, clean, index in loader:
+            indices.extend(index.tolist())
             names = [base.names[i] for i in index.tolist()]  # items carry the index into the full dataset
             denoised, reference, kind = self._score(spectra, clean, ppm, names, rows, self.figure_count)
             kinds.add(kind)
@@ -237,8 +239,12 @@ class NMRDenoiseTrainer(BaseTrainer):
                     self._write(output_dir, name, spectra[i, 0].numpy(), denoised[i].numpy(), reference[i].numpy(),
                                 ppm)
         self._reference_kind = " and ".join(sorted(set(dist.gather_lists(sorted(kinds)))))
-        # under DDP each rank scored its shard: pool the per-spectrum rows before averaging
-        return {method: mean_metrics(dist.gather_lists(values)) for method, values in sorted(rows.items())}
+        # under DDP each rank scored its shard, and DistributedSampler pads the shards to equal length by repeating
+        # spectra: pool the per-spectrum rows over the ranks (one gather) and count each dataset index once
+        per_spectrum = [(i, {method: values[j] for method, values in rows.items()}) for j, i in enumerate(indices)]
+        pooled = list(dict(dist.gather_lists(per_spectrum)).values())  # dataset index -> {method: metrics}
+        methods = sorted({method for scored in pooled for method in scored})
+        return {method: mean_metrics([scored[method] for scored in pooled]) for method in methods}
 
     def _valid_epoch(self, epoch: int) -> dict[str, Any]:
         log = self.evaluate(self.valid_loader)

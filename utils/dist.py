@@ -57,6 +57,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers of ``module`` (BatchNorm running statistics...) to every rank; no-op single-process.
+
+    DDP broadcasts rank 0's buffers at the start of each training forward, so after an epoch's last step
+    every rank holds the statistics updated by its own last batch; this makes the ranks agree again.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def gather_lists(items: list) -> list:
     """Concatenate a list of picklable items over all ranks (every rank gets the whole list, rank order)."""
     if not is_distributed():
