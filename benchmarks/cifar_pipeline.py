@@ -44,12 +44,13 @@ REFERENCE_OPS = {"crop": lambda: transforms.RandomCrop(32, padding=4),
                  "rotate": lambda: transforms.RandomRotation(15)}
 
 
-def write_cifar100(root: Path, seed: int = 0) -> None:
-    """CIFAR-100 files with torchvision's names and keys: random uint8 pixels, balanced shuffled labels."""
+def write_cifar100(root: Path, seed: int = 0, train_per_class: int = 500, test_per_class: int = 100) -> None:
+    """CIFAR-100 files with torchvision's names and keys: random uint8 pixels, balanced shuffled labels
+    (``train_per_class`` / ``test_per_class`` images per class; CIFAR-100's own sizes by default)."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    for name, per_class in (("train", 500), ("test", 100)):
+    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = np.repeat(np.arange(100), per_class)
         rng.shuffle(labels)
         data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
