@@ -173,7 +173,8 @@ def robust_scale(spectra: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
     Starts from the median of the point ratios ``reference / spectrum`` where the spectrum stands clear of
     its noise (robust to a few bad points), then iteratively reweighted least squares with Tukey's bisquare
     weights (residuals beyond ``tukey`` robust sigmas get weight 0), so an artefact in one level cannot pull
-    the scale (4 reweighting steps: the estimate has settled by then). The regression is ``spectrum ≈ reference / s``: the noisy spectrum is the response, not the
+    the scale (4 reweighting steps: the estimate has settled by then). The regression is
+    ``spectrum ≈ reference / s``: the noisy spectrum is the response, not the
     regressor, because noise in a regressor biases a least-squares slope towards zero (8% at peak SNR 12).
     The reference should be the cleaner of the two (the top or fused level), and ``mask`` should be chosen
     on it: a mask chosen on the noisy spectrum picks the points where its noise is positive and biases the
