@@ -8,14 +8,11 @@ Prints a table and, with --out, writes {"metrics": {...}, "n": N, "checkpoint": 
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 from pathlib import Path
 
 from parse_config import ConfigParser
 from train import trainer_for_checkpoint
 from utils import dist
-from utils.checkpoint import load_checkpoint
 from utils.cli import (
     add_inference_arguments,
     configure_inference,
@@ -24,22 +21,7 @@ from utils.cli import (
     run_cli,
     write_json,
 )
-from utils.errors import ConfigError
 from utils.plots import save_figure
-from utils.registry import DATA_LOADERS
-
-
-def _loader_reads_data_dir(checkpoint: str | None) -> bool:
-    """Whether the checkpoint's data loader takes ``data_dir`` (then --data_dir replaces it in the config;
-    otherwise, e.g. for a model trained on simulated spectra, the trainer reads the directory itself)."""
-    if not checkpoint:
-        return False
-    spec = load_checkpoint(checkpoint).get("config", {}).get("data_loader", {})
-    try:
-        loader = DATA_LOADERS.get(spec.get("type"), ("data_loader", "type"))
-    except ConfigError:
-        return True  # a loader from a plugin (not imported yet): the config override reports a bad argument
-    return "data_dir" in inspect.signature(loader).parameters
 
 
 def main(argv=None) -> None:
@@ -50,9 +32,7 @@ def main(argv=None) -> None:
     parser.add_argument("--save_dir", help="directory for per-sample outputs (trainers that write them)")
     add_inference_arguments(parser)
     args = parser.parse_args(argv)
-    if args.data_dir and _loader_reads_data_dir(args.resume):
-        args.overrides.append(f"data_loader.args.data_dir={json.dumps(args.data_dir)}")
-    config, trainer, state = trainer_for_checkpoint(args, "test.py")
+    config, trainer, state = trainer_for_checkpoint(args, "test.py", data_dir=args.data_dir)
     preference = configure_inference(trainer, args)
     result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None, data_dir=args.data_dir)
     if not dist.is_main_process():

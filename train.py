@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 
-from parse_config import ConfigParser, import_plugins
+from parse_config import ConfigParser, apply_override, import_plugins
 from utils import dist
 from utils.cli import format_metrics, run_cli
 from utils.errors import ConfigError
-from utils.registry import REGISTRIES
+from utils.registry import DATA_LOADERS, REGISTRIES
 from utils.seed import seed_everything
 
 
@@ -24,15 +26,25 @@ def build_trainer(config: ConfigParser):
     return config.build("trainer", config=config)
 
 
-def trainer_for_checkpoint(args, script: str):
+def trainer_for_checkpoint(args, script: str, data_dir: str | None = None):
     """For evaluation scripts: the config stored in checkpoint ``args.resume`` (with ``--set`` overrides),
-    its trainer, and the checkpoint's weights loaded. Returns ``(config, trainer, checkpoint)``."""
+    its trainer, and the checkpoint's weights loaded. Returns ``(config, trainer, checkpoint)``.
+
+    ``data_dir`` replaces the config's ``data_loader.args.data_dir`` when its loader takes one (so a test
+    machine need not have the training data where the config says); other loaders keep their data, and the
+    trainer's ``test(data_dir=...)`` decides what the directory means (the NMR denoiser reads it itself).
+    """
     if not args.resume:
         raise ConfigError(f"{script} needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
     if args.config:
         raise ConfigError(f"{script} takes the config from the checkpoint; change values with --set KEY=VALUE")
     args.overrides.append("trainer.args.tensorboard=false")
     config = ConfigParser.from_args(args)
+    loader = DATA_LOADERS.get(config["data_loader"]["type"])
+    if data_dir is not None and "data_dir" in inspect.signature(loader).parameters:
+        values = config.config
+        apply_override(values, f"data_loader.args.data_dir={json.dumps(str(data_dir))}")
+        config = ConfigParser(values, source=config.source, resume=args.resume)
     trainer = build_trainer(config)
     return config, trainer, trainer.load_weights(args.resume)
 

@@ -44,12 +44,8 @@ class ClassifierTrainer(BaseTrainer):
             if batch_idx % self.log_step == 0:
                 self.check_finite(epoch)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-        return {"loss": float(self._mean_over_ranks(loss_sum, seen))}
+        return {"loss": float(dist.mean_over_ranks(loss_sum, seen))}
 
-    def _mean_over_ranks(self, total: torch.Tensor, count: int) -> torch.Tensor:
-        both = dist.all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,
-                                                                              dtype=torch.float64)]))
-        return both[0] / both[1].clamp_min(1)
 
     def evaluation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss reported on validation/test data for logits ``(N, C)`` (the training criterion here)."""
@@ -75,7 +71,7 @@ class ClassifierTrainer(BaseTrainer):
                 metric.update(logits, labels)
         result: dict[str, Any] = {}
         if self.criterion is not None:
-            result["loss"] = float(self._mean_over_ranks(loss_sum, seen))
+            result["loss"] = float(dist.mean_over_ranks(loss_sum, seen))
         for metric in self.metrics:
             metric.sync()
             result.update(metric.compute())

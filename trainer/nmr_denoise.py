@@ -23,7 +23,7 @@ from base.base_trainer import BaseTrainer
 from data_loader.nmr.fusion import Ladder, prepare_ladder
 from data_loader.nmr.io import read_directory, read_npy, read_npz
 from model.nmr_loss import NMRDenoiseLoss
-from model.nmr_metrics import evaluate_methods, mean_metrics
+from model.nmr_metrics import evaluate_methods, mean_metrics, spectrum_metrics
 from model.unet1d import UNet1D
 from utils import dist
 from utils.errors import ConfigError, DataError
@@ -175,13 +175,9 @@ class NMRDenoiseTrainer(BaseTrainer):
             if batch_idx % self.log_step == 0:
                 self.check_finite(epoch)
                 bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
-        log = {key: float(self._mean_over_ranks(total, seen)) for key, total in sums.items()}
+        log = {key: float(dist.mean_over_ranks(total, seen)) for key, total in sums.items()}
         return {**log, "phase": self.phase(epoch)}
 
-    def _mean_over_ranks(self, total: torch.Tensor, count: int) -> torch.Tensor:
-        both = dist.all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,
-                                                                              dtype=torch.float64)]))
-        return both[0] / both[1].clamp_min(1)
 
     # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -202,14 +198,18 @@ class NMRDenoiseTrainer(BaseTrainer):
         return self.prepare(spectra.to(self.device)).target.float().cpu(), "pseudo_ground_truth"
 
     def _score(self, spectra: torch.Tensor, clean: torch.Tensor, ppm: np.ndarray | None, names: list[str],
-               rows: dict[str, list], keep: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+               rows: dict[str, list], keep: int, baselines: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Denoise level 0 of a batch and append each spectrum's metrics to ``rows[method]`` (the model, plus the
+        input and the classical baselines when ``baselines``)."""
         noisy = spectra[:, 0].float()
         denoised = self.denoise(noisy)
         reference, kind = self.references(spectra, clean)
         for i in range(len(noisy)):
-            scored = evaluate_methods(noisy[i].double().numpy(), reference[i].double().numpy(),
-                                      {"model": denoised[i].double().numpy()}, ppm=ppm,
-                                      tolerance_ppm=self.tolerance_ppm)
+            args = (noisy[i].double().numpy(), reference[i].double().numpy())
+            model = denoised[i].double().numpy()
+            scored = (evaluate_methods(*args, {"model": model}, ppm=ppm, tolerance_ppm=self.tolerance_ppm)
+                      if baselines else
+                      {"model": spectrum_metrics(model, *args, ppm=ppm, tolerance_ppm=self.tolerance_ppm)})
             for method, values in scored.items():
                 rows.setdefault(method, []).append(values)
             if len(self._shown) < keep:
@@ -219,10 +219,10 @@ class NMRDenoiseTrainer(BaseTrainer):
 
     def evaluate(self, loader) -> dict[str, Any]:
         """Mean metrics of the model on level 0 of every ladder in ``loader`` (see :meth:`test` for all methods)."""
-        result = self._evaluate_loader(loader)
+        result = self._evaluate_loader(loader, baselines=False)
         return {k: result["model"].get(k) for k in REPORTED}
 
-    def _evaluate_loader(self, loader, output_dir: Path | None = None) -> dict[str, dict]:
+    def _evaluate_loader(self, loader, output_dir: Path | None = None, baselines: bool = True) -> dict[str, dict]:
         dataset = loader.dataset
         base = dataset.dataset if hasattr(dataset, "indices") else dataset
         ppm = base.ppm.numpy() if base.ppm is not None else None
@@ -232,7 +232,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         for spectra, clean, index in loader:
             indices.extend(index.tolist())
             names = [base.names[i] for i in index.tolist()]  # items carry the index into the full dataset
-            denoised, reference, kind = self._score(spectra, clean, ppm, names, rows, self.figure_count)
+            denoised, reference, kind = self._score(spectra, clean, ppm, names, rows, self.figure_count, baselines)
             kinds.add(kind)
             if output_dir is not None:
                 for i, name in enumerate(names):

@@ -57,6 +57,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def mean_over_ranks(total: torch.Tensor, count: int) -> torch.Tensor:
+    """``sum(total) / sum(count)`` over all ranks, in float64 (``total`` is this rank's sum of ``count`` values)."""
+    both = all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,
+                                                                      dtype=torch.float64)]))
+    return both[0] / both[1].clamp_min(1)
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Copy rank 0's buffers of ``module`` (BatchNorm running statistics...) to every rank; no-op single-process.
 

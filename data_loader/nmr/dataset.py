@@ -34,10 +34,6 @@ class LadderDataset(Dataset):
     def __getitem__(self, index: int):
         return self.spectra[index], self.clean[index], index
 
-    @property
-    def levels(self) -> int:
-        return self.spectra.shape[1]
-
     @classmethod
     def from_groups(cls, groups: list[SpectrumGroup], source: str) -> LadderDataset:
         """Stack groups read from disk; they must share K+1 and L to be batched (any L works in test.py)."""
@@ -93,7 +89,6 @@ class NMRSimulated(BaseDataLoader):
             dataset = self._make(n_train, seed, None, "train")
         else:
             dataset = self._make(n_test, seed + _TEST_SEED, test_snr, "test")
-        self.snr_ratio = self.settings.snr_ratio
         super().__init__(dataset, batch_size, shuffle=training, num_workers=num_workers)
         self._training = training
 

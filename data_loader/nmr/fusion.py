@@ -17,7 +17,6 @@ from typing import Literal
 import torch
 
 from data_loader.nmr.preprocess import (
-    MAD_TO_SIGMA,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
@@ -178,4 +177,4 @@ def _align_anchors(x: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
     return apply_local_shifts(flat, centres, -relative).view(batch, levels, length)
 
 
-__all__ = ["Ladder", "MAD_TO_SIGMA", "Weighting", "fusion_weights", "plan_snr", "prepare_ladder"]
+__all__ = ["Ladder", "Weighting", "fusion_weights", "plan_snr", "prepare_ladder"]
