@@ -2,10 +2,10 @@
 
 It does the work of ``data_loader.nmr.fusion.prepare_ladder`` with its defaults (align on the top level by FFT
 cross-correlation within 16 points plus Newton refinement, Savitzky-Golay peak mask on the top level, robust
-rescale onto the top level, MAD noise levels, the plan's SNR, inverse-variance fusion with a 0.9 cap, level 0
-left out of the target), the way a per-spectrum script would: a Python loop over ladders and levels, float64
-NumPy arrays, ``scipy.signal.savgol_filter`` and ``scipy.ndimage`` filters. ``prepare_one`` returns the fused
-target so run.py can check that both compute the same thing.
+rescale onto the top level (3 Newton steps and 4 reweighting steps, as ours), MAD noise levels, the plan's SNR,
+inverse-variance fusion with a 0.9 cap, level 0 left out of the target), the way a per-spectrum script would: a
+Python loop over ladders and levels, float64 NumPy arrays, ``scipy.signal.savgol_filter`` and ``scipy.ndimage``
+filters. ``prepare_one`` returns the fused target so run.py can check that both compute the same thing.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def mad(values: np.ndarray) -> tuple[float, float]:
     return median, np.median(np.abs(values - median))
 
 
-def estimate_shift(spectrum: np.ndarray, reference: np.ndarray, search: int = 16, iterations: int = 8) -> float:
+def estimate_shift(spectrum: np.ndarray, reference: np.ndarray, search: int = 16, iterations: int = 3) -> float:
     """Sub-point shift of ``spectrum`` relative to ``reference``: FFT cross-correlation maximum within ``search``
     points, then Newton steps on the Fourier-interpolated cross-correlation."""
     length = len(spectrum)
@@ -62,7 +62,7 @@ def peak_mask(spectrum: np.ndarray, alpha: float = 5.0, window: int = 11, order:
     return maximum_filter1d(mask, 2 * dilate + 1, mode="nearest")
 
 
-def robust_scale(spectrum: np.ndarray, reference: np.ndarray, mask: np.ndarray, iterations: int = 10,
+def robust_scale(spectrum: np.ndarray, reference: np.ndarray, mask: np.ndarray, iterations: int = 4,
                  tukey: float = 4.685) -> float:
     """``s`` with ``s * spectrum ~ reference`` on ``mask``: median of point ratios, then IRLS (Tukey bisquare)."""
     noise = MAD_TO_SIGMA * mad(spectrum)[1]

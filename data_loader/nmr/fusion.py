@@ -17,15 +17,17 @@ from typing import Literal
 import torch
 
 from data_loader.nmr.preprocess import (
+    MAD_TO_SIGMA,
+    _mad,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
     estimate_shift,
     fourier_shift,
     local_shifts,
+    pack_masked,
     peak_mask,
     robust_scale,
-    robust_sigma,
 )
 
 Weighting = Literal["inverse_variance", "snr", "top_only"]
@@ -107,11 +109,12 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
 
     σ defaults to the robust 1.4826·MAD on the baseline. Rows without peak points give 0.
     """
-    if sigma is None:
-        sigma = robust_sigma(spectra, baseline)
-    on_peaks = torch.where(peaks, spectra, torch.full_like(spectra, float("nan")))
-    p95 = torch.nanquantile(on_peaks.double(), 0.95, dim=1).to(spectra.dtype)
-    base = torch.where(baseline, spectra, torch.full_like(spectra, float("nan"))).nanmedian(dim=1).values
+    base, mad = _mad(spectra, baseline)
+    return _snr(spectra, peaks, base, MAD_TO_SIGMA * mad if sigma is None else sigma)
+
+
+def _snr(spectra: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    p95 = torch.nanquantile(pack_masked(spectra, peaks).double(), 0.95, dim=1).to(spectra.dtype)
     return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
 
 
@@ -156,9 +159,10 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     else:
         scales = torch.ones(batch, levels, device=x.device)
     level_base = baseline.repeat_interleave(levels, 0)
-    sigma = robust_sigma(x.reshape(batch * levels, length), level_base).view(batch, levels)
-    snr = plan_snr(x.reshape(batch * levels, length), peaks.repeat_interleave(levels, 0), level_base,
-                   sigma.flatten()).view(batch, levels)
+    flat = x.reshape(batch * levels, length)
+    base, mad = _mad(flat, level_base)   # one pass gives plan_snr's baseline level and robust_sigma's σ
+    sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
+    snr = _snr(flat, peaks.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
     target = (weights[..., None] * x).sum(1)
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,

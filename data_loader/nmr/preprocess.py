@@ -21,14 +21,33 @@ def savgol_smooth(spectra: torch.Tensor, window: int = 11, order: int = 3) -> to
     return F.conv1d(padded, kernel.flip(0)[None, None])[:, 0]
 
 
+def pack_masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The ``mask`` points of each row of ``values`` ``(N, L)``, packed to the left, NaN after: ``(N, W)`` with
+    W the largest count of a row. Statistics over the masked points then run on W columns instead of L, and the
+    NaN padding is what ``nanmedian``/``nanquantile`` skip."""
+    counts = mask.sum(1)
+    width = int(counts.max()) if counts.numel() else 0
+    rows, cols = mask.nonzero(as_tuple=True)
+    slot = torch.arange(rows.numel(), device=mask.device) - (counts.cumsum(0) - counts)[rows]
+    index = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
+    index[rows, slot] = cols
+    valid = torch.arange(width, device=mask.device)[None] < counts[:, None]
+    return torch.where(valid, values.gather(1, index), torch.full((), float("nan"), dtype=values.dtype,
+                                                                   device=values.device))
+
+
 def _mad(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and median absolute deviation per row (over ``mask`` where given)."""
     if mask is None:
         median = values.median(dim=1, keepdim=True).values
         return median[:, 0], (values - median).abs().median(dim=1).values
-    filled = torch.where(mask, values, torch.full_like(values, float("nan")))
-    median = filled.nanmedian(dim=1, keepdim=True).values
-    return median[:, 0], (filled - median).abs().nanmedian(dim=1).values
+    return _nan_mad(pack_masked(values, mask))
+
+
+def _nan_mad(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median and MAD per row of a NaN-padded ``(N, W)`` tensor."""
+    median = packed.nanmedian(dim=1, keepdim=True).values
+    return median[:, 0], (packed - median).abs().nanmedian(dim=1).values
 
 
 def peak_mask(spectra: torch.Tensor, alpha: float = 5.0, window: int = 11, order: int = 3,
@@ -70,7 +89,8 @@ def fourier_shift(spectra: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     by a phase ramp in the Fourier domain (circular). ``spectra (B, L)``, ``shift (B,)``."""
     length, work = spectra.shape[-1], _working_dtype(spectra)
     freq = torch.fft.rfftfreq(length, device=spectra.device, dtype=work)
-    ramp = torch.exp(-2j * math.pi * freq[None] * shift.to(work)[:, None])
+    phase = -2 * math.pi * freq[None] * shift.to(work)[:, None]
+    ramp = torch.complex(torch.cos(phase), torch.sin(phase))   # several times faster than exp of a complex
     return torch.fft.irfft(torch.fft.rfft(spectra.to(work)) * ramp, n=length).to(spectra.dtype)
 
 
@@ -101,10 +121,15 @@ def estimate_shift(spectra: torch.Tensor, reference: torch.Tensor, search: int |
     count[0] = 1
     if length % 2 == 0:
         count[-1] = 1
+    # with z = cross·count·exp(iωτ): c'(τ) = -Σ ω·Im z and c''(τ) = -Σ ω²·Re z; written out in real arithmetic
+    # (cos and sin of ωτ) because a complex exp costs several times as much
+    weighted = cross * count
+    re, im = weighted.real, weighted.imag
     for _ in range(iterations):
-        z = cross * torch.exp(1j * omega[None] * tau[:, None]) * count
-        slope = (1j * omega * z).real.sum(1)
-        curvature = (-(omega ** 2) * z).real.sum(1)
+        angle = omega[None] * tau[:, None]
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        slope = -((re * sin + im * cos) * omega).sum(1)
+        curvature = -((re * cos - im * sin) * omega ** 2).sum(1)
         step = torch.where(curvature < 0, -slope / curvature, torch.zeros_like(slope))
         tau = tau + step.clamp(-0.5, 0.5)
     return tau.to(spectra.dtype)
@@ -187,17 +212,21 @@ def robust_scale(spectra: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
     on it: a mask chosen on the noisy spectrum picks the points where its noise is positive and biases the
     scale (by 2% at peak SNR 12).
     """
-    x, y = spectra.double(), reference.expand_as(spectra).double()
-    noise = MAD_TO_SIGMA * _mad(x)[1]
-    strong = mask & (x.abs() > 3 * noise[:, None])
-    strong = torch.where(strong.any(1, keepdim=True), strong, mask)
-    ratio = torch.where(strong, y / torch.where(x == 0, torch.ones_like(x), x), torch.full_like(x, float("nan")))
-    scale = ratio.nanmedian(dim=1).values
-    inverse = 1 / scale
+    noise = MAD_TO_SIGMA * _mad(spectra)[1].double()
+    # only the mask points take part: pack them once (N, W) and iterate on those
+    x = pack_masked(spectra, mask).double()
+    y = pack_masked(reference.expand_as(spectra), mask).double()
+    on_mask = ~x.isnan()
+    x, y = x.nan_to_num(), y.nan_to_num()
+    strong = on_mask & (x.abs() > 3 * noise[:, None])
+    strong = torch.where(strong.any(1, keepdim=True), strong, on_mask)
+    nan = torch.full((), float("nan"), dtype=x.dtype, device=x.device)
+    ratio = torch.where(strong, y / torch.where(x == 0, torch.ones_like(x), x), nan)
+    inverse = 1 / ratio.nanmedian(dim=1).values
     for _ in range(iterations):
         residual = x - inverse[:, None] * y
-        sigma = MAD_TO_SIGMA * _mad(residual, mask)[1].clamp_min(1e-30)
+        sigma = MAD_TO_SIGMA * _nan_mad(torch.where(on_mask, residual, nan))[1].clamp_min(1e-30)
         u = residual / (tukey * sigma[:, None])
-        w = mask.double() * torch.where(u.abs() < 1, (1 - u ** 2) ** 2, torch.zeros_like(u))
+        w = on_mask * torch.where(u.abs() < 1, (1 - u ** 2) ** 2, torch.zeros_like(u))
         inverse = (w * x * y).sum(1) / (w * y * y).sum(1).clamp_min(1e-30)
     return (1 / inverse).to(spectra.dtype)
