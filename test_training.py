@@ -18,6 +18,7 @@ from test_all import format_table, shot_settings
 from train import build_trainer
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli, write_json
+from utils.dist import is_main_process
 from utils.errors import ConfigError
 
 
@@ -52,6 +53,8 @@ def main(argv=None) -> None:
         raise ConfigError(f'{args.config}: config["trainer"]["type"] must be a test-time trainer such as '
                           f"TestTimeTrainer, got {config['trainer']['type']}")
     splits = trainer.adapt_all(shot_settings(config))
+    if not is_main_process():  # under torchrun every rank holds the same results: rank 0 reports
+        return
     print(f"{config.name}: {args.resume}, test-time training ({trainer.protocol}, {trainer.epochs} epochs, "
           f"stop below weight {trainer.min_weight}); labels used only for scoring")
     print(format_table(splits))

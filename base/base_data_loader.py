@@ -1,12 +1,13 @@
 """BaseDataLoader: a ``DataLoader`` with a seeded train/validation split and a sampler hook.
 
 Datasets return ``(input, label, index)``. The index lets trainers keep per-sample state (LNR's flipped
-labels, test-time splits) without a second pass. Under ``torchrun`` every loader shards its data with a
-``DistributedSampler``; the trainer calls ``set_epoch`` so all ranks draw the same permutation.
+labels, test-time splits) without a second pass. Under ``torchrun`` the training data is sharded with a
+``DistributedSampler`` (the trainer calls ``set_epoch`` so all ranks draw the same permutation) and evaluation
+data with an ``EvalShardSampler`` (every sample once).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,18 +17,38 @@ from torch.utils.data.dataloader import default_collate
 from utils import dist
 
 
+class EvalShardSampler(Sampler[int]):
+    """Every index of a ``size``-sample dataset exactly once over all ranks, in order: rank r takes r, r + W, ...
+
+    For evaluation under DDP. Unlike ``DistributedSampler`` nothing is repeated to even out the shards, so sums
+    reduced over the ranks count each sample once; the shards may differ in length by one, which is fine
+    because evaluation runs no collective per batch (it uses the model outside DDP).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(dist.rank(), self.size, dist.world_size()))
+
+    def __len__(self) -> int:
+        return len(range(dist.rank(), self.size, dist.world_size()))
+
+
 class BaseDataLoader(DataLoader):
     """Loads ``dataset``; optionally holds back ``validation_split`` of it for validation.
 
     Args:
         validation_split: a fraction in [0, 1) or a count of samples held back, chosen with ``split_seed``.
         sampler: a custom sampler (e.g. class-aware) for the training part; it replaces shuffling.
+        pin_memory: page-locked batches, so the trainer's ``non_blocking`` copies to CUDA overlap compute
+            (default: when CUDA is present).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                  validation_split: float | int = 0.0, num_workers: int = 0,
                  sampler: Sampler | None = None, collate_fn: Callable = default_collate,
-                 drop_last: bool = False, pin_memory: bool = False, split_seed: int = 0):
+                 drop_last: bool = False, pin_memory: bool | None = None, split_seed: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -35,7 +56,8 @@ class BaseDataLoader(DataLoader):
         self.full_dataset = dataset
         train_set, self._valid_set = self._split(dataset, validation_split, split_seed)
         self._loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
-                                   pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                                   pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+                                   persistent_workers=num_workers > 0)
         if sampler is None and dist.is_distributed():
             sampler = DistributedSampler(train_set, shuffle=shuffle, drop_last=drop_last)
         super().__init__(train_set, sampler=sampler, shuffle=shuffle if sampler is None else None,
@@ -57,9 +79,16 @@ class BaseDataLoader(DataLoader):
         order = np.random.RandomState(seed).permutation(n)
         return Subset(dataset, order[n_valid:].tolist()), Subset(dataset, order[:n_valid].tolist())
 
-    def make_loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        """An evaluation loader over ``dataset`` with this loader's batch size and workers (sharded under DDP)."""
-        sampler = DistributedSampler(dataset, shuffle=shuffle, drop_last=False) if dist.is_distributed() else None
+    def make_loader(self, dataset: Dataset, shuffle: bool = False, pad: bool = False) -> DataLoader:
+        """A loader over ``dataset`` with this loader's batch size and workers, sharded under DDP.
+
+        Evaluation shards (``pad`` False) hold every sample once over the ranks; ``pad`` True evens them out by
+        repeating samples, as ``DistributedSampler`` does, for loops that step an optimizer in lockstep.
+        """
+        sampler = None
+        if dist.is_distributed():
+            sampler = (DistributedSampler(dataset, shuffle=shuffle, drop_last=False) if pad
+                       else EvalShardSampler(len(dataset)))
         return DataLoader(dataset, sampler=sampler, shuffle=shuffle if sampler is None else None,
                           **self._loader_kwargs)
 

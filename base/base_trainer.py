@@ -50,6 +50,11 @@ class BaseTrainer(ABC):
         amp: autocast: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` (with a grad
             scaler) or ``"off"``.
         compile: wrap the model in ``torch.compile``.
+        sync_batchnorm: under DDP on CUDA, convert BatchNorm layers to ``SyncBatchNorm`` so batch statistics
+            are computed over the global batch (for small per-GPU batches); without it each rank normalises
+            with its own batch, as SADE's and RIDE's released code do.
+        channels_last: NHWC memory layout for the model's 4D weights and image batches (faster convolutions
+            with autocast on tensor-core GPUs); null: on for CUDA, off on CPU.
         deterministic: ask torch for deterministic kernels (CPU runs are deterministic regardless).
         grad_clip: clip the gradient norm to this value (null: no clipping).
         log_step: batches between progress-bar/loss updates (each costs one host-device sync).
@@ -60,6 +65,7 @@ class BaseTrainer(ABC):
     def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
                  early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
                  amp: Literal["auto", "bf16", "fp16", "off"] = "auto", compile: bool = False,
+                 sync_batchnorm: bool = False, channels_last: bool | None = None,
                  deterministic: bool = False, grad_clip: float | None = None, log_step: int = 10,
                  progress_bar: bool | None = None, test_after_training: bool = True):
         if epochs < 1:
@@ -85,10 +91,23 @@ class BaseTrainer(ABC):
         self._startup_notes: list[str] = []
 
         self.data_loader, self.valid_loader = self.build_data()
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.raw_model = self.build_model().to(self.device)
+        if self.channels_last:
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)  # touches 4D weights only
         if config.get("init_from"):
             self.init_weights_from(config["init_from"])
+        if sync_batchnorm:
+            self.raw_model = self._sync_batchnorm(self.raw_model)
         self.model = self._wrap_model(self.raw_model, compile)
+        # parameters trained outside a DDP wrapper (LNR's classifier, test-time weights) get their gradients
+        # averaged by backward_step; evaluation runs outside DDP, so its shards may differ in length
+        self._average_gradients = dist.is_distributed() and not isinstance(
+            getattr(self.model, "_orig_mod", self.model), nn.parallel.DistributedDataParallel)
+        if self.model is self.raw_model or not dist.is_distributed():
+            self.eval_model = self.model
+        else:
+            self.eval_model = torch.compile(self.raw_model) if compile else self.raw_model
         self.criterion = self.build_criterion()
         self.metrics = self.build_metrics()
         self.optimizer = self.build_optimizer()
@@ -138,7 +157,17 @@ class BaseTrainer(ABC):
             return None
         return self.config.build("lr_scheduler", optimizer=self.optimizer, optional={"total_epochs": self.epochs})
 
+    def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        if not dist.is_distributed():
+            self._startup_notes.append("sync_batchnorm: one process, nothing to synchronise")
+            return module
+        if self.device.type != "cuda":
+            raise ConfigError('config["trainer"]["args"]["sync_batchnorm"]: SyncBatchNorm needs CUDA devices '
+                              "(torch has no CPU implementation); set it to false for CPU runs")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
+        """The model the training step calls: DDP under torchrun, then ``torch.compile`` when asked."""
         wrapped = module
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -223,6 +252,8 @@ class BaseTrainer(ABC):
         self._bad_batch = torch.where(bad & (self._bad_batch < 0), torch.full_like(self._bad_batch, batch_idx),
                                       self._bad_batch)
         self.grad_scaler.scale(loss).backward()
+        if self._average_gradients:
+            dist.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if self.grad_clip is not None:
             self.grad_scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)
@@ -245,7 +276,13 @@ class BaseTrainer(ABC):
                     disable=not (self.progress_bar and dist.is_main_process()))
 
     def to_device(self, *tensors: torch.Tensor):
-        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
+        """``tensors`` on the trainer's device (non-blocking: loaders pin memory on CUDA machines); image
+        batches (4D floating point) in channels-last layout when the model is."""
+        moved = tuple(t.to(self.device, non_blocking=True) for t in tensors)
+        if self.channels_last:
+            moved = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point()
+                          else t for t in moved)
+        return moved
 
     # --- the loop ---------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:

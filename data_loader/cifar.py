@@ -156,13 +156,14 @@ class EpochPermutationSampler(Sampler[int]):
     """Dataset indices of one epoch for this process: a seeded permutation (or index order), DDP-sharded.
 
     The permutation comes from a fresh ``torch.Generator`` seeded with ``seed * 1_000_003 + epoch``, so
-    every rank draws the same one and a resumed run needs no sampler state. Under DDP it is padded to a
-    multiple of the world size by repeating its start and rank ``r`` takes ``perm[r::world_size]``, as
-    ``DistributedSampler`` does.
+    every rank draws the same one and a resumed run needs no sampler state. Under DDP rank ``r`` takes
+    ``perm[r::world_size]``; with ``pad`` (training) the permutation is first padded to a multiple of the world
+    size by repeating its start, as ``DistributedSampler`` does, so all ranks run the same number of steps;
+    without (evaluation) every index comes once over the ranks.
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: int = 0):
-        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, pad: bool = True):
+        self.size, self.shuffle, self.seed, self.epoch, self.pad = size, shuffle, seed, 0, pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -175,9 +176,10 @@ class EpochPermutationSampler(Sampler[int]):
         else:
             order = torch.arange(self.size)
         world = dist.world_size()
-        if world > 1:
+        if world > 1 and self.pad:
             total = math.ceil(self.size / world) * world
             order = order.repeat(math.ceil(total / max(self.size, 1)))[:total]
+        if world > 1:
             order = order[dist.rank()::world]
         return order
 
@@ -185,7 +187,9 @@ class EpochPermutationSampler(Sampler[int]):
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        return math.ceil(self.size / dist.world_size())
+        if self.pad:
+            return math.ceil(self.size / dist.world_size())
+        return len(range(dist.rank(), self.size, dist.world_size()))
 
 
 class TensorImageSet(Dataset):
@@ -337,7 +341,7 @@ class CIFARLT(TensorBatchLoader):
         else:
             del images
             dataset = self._test_split()
-            super().__init__(dataset, batch_size, self._plain, EpochPermutationSampler(len(dataset), False),
+            super().__init__(dataset, batch_size, self._plain, EpochPermutationSampler(len(dataset), False, pad=False),
                              False, counts, layout.num_classes)
 
     # --- files --------------------------------------------------------------------------------------
@@ -396,9 +400,11 @@ class CIFARLT(TensorBatchLoader):
         return self._test_set
 
     # --- evaluation views ---------------------------------------------------------------------------
-    def _eval_loader(self, dataset: TensorImageSet, augment: BatchAugment | None = None) -> TensorBatchLoader:
+    def _eval_loader(self, dataset: TensorImageSet, augment: BatchAugment | None = None,
+                     pad: bool = False) -> TensorBatchLoader:
+        """In index order; under DDP each image once over the ranks unless ``pad`` (see EpochPermutationSampler)."""
         return TensorBatchLoader(dataset, self.batch_size, self._plain if augment is None else augment,
-                                 EpochPermutationSampler(len(dataset), shuffle=False), False,
+                                 EpochPermutationSampler(len(dataset), shuffle=False, pad=pad), False,
                                  self.cls_num_list, self.num_classes)
 
     def split_validation(self) -> TensorBatchLoader | None:
@@ -432,7 +438,7 @@ class CIFARLT(TensorBatchLoader):
         test = self._test_split()
         index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         subset = TensorImageSet(test.images[index.to(test.images.device)], test.targets[index], self._plain)
-        return self._eval_loader(subset, self._view_augment)
+        return self._eval_loader(subset, self._view_augment, pad=True)  # an optimizer steps in lockstep on these
 
     def augmented_test_loader(self) -> TensorBatchLoader:
         """The test split in index order WITH the training augmentation (SADE's scoring of non-uniform splits).

@@ -137,10 +137,10 @@ class DigitsLT(BaseDataLoader):
 
     def view_loader(self, indices) -> torch.utils.data.DataLoader:
         """Augmented views (shift up to 2 pixels, contrast +-30%) of test images ``indices``, in that order;
-        every iteration draws new augmentations. For test-time training."""
+        every iteration draws new augmentations. For test-time training (under DDP: padded shards, so the
+        ranks step the learned weights in lockstep)."""
         idx = self._splits["test"][np.asarray(indices)]
-        return torch.utils.data.DataLoader(ImageTensorDataset(self._images[idx], self._targets[idx], 2, 0.3),
-                                           batch_size=self.batch_size, shuffle=False)
+        return self.make_loader(ImageTensorDataset(self._images[idx], self._targets[idx], 2, 0.3), pad=True)
 
     def split_validation(self):
         if self.validation == "none":

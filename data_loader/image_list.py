@@ -243,7 +243,7 @@ class ImageListLT(BaseDataLoader):
         """Strongly augmented views of test images ``indices`` (in that order), for test-time training."""
         views = ImageListDataset(self.root, self.lists["test"], self._read("test"), self.class_map,
                                  self.view_transform)
-        return self.make_loader(torch.utils.data.Subset(views, [int(i) for i in np.asarray(indices)]))
+        return self.make_loader(torch.utils.data.Subset(views, [int(i) for i in np.asarray(indices)]), pad=True)
 
     def split_validation(self):
         """The validation loader over the ``validation`` list (test transform, in order), or None."""

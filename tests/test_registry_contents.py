@@ -102,6 +102,15 @@ def test_every_model_runs_forward_and_backward(name):
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # the trainers' channels_last option (default on CUDA): same outputs in NHWC layout
+    if len(spec["shape"]) == 4:
+        model.eval()
+        x = torch.randn(*spec["shape"])
+        with torch.no_grad():
+            expected = model(x)
+            model.to(memory_format=torch.channels_last)
+            got = model(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", DATA_LOADERS.names())

@@ -156,3 +156,20 @@ def test_built_through_the_registry_with_clear_errors():
         SAMPLERS.build({"type": "ClassAwareSampler", "args": {"num_samples_cls": 0}}, where, targets=TARGETS)
     with pytest.raises(ConfigError, match="Did you mean 'ClassBalancedSampler'"):
         SAMPLERS.build({"type": "ClassBalanceSampler", "args": {}}, where, targets=TARGETS)
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_evaluation_shards_hold_every_sample_once(monkeypatch, world):
+    """Evaluation under DDP: no padding, so metrics summed over the ranks count each sample exactly once."""
+    from base.base_data_loader import EvalShardSampler
+    from data_loader.cifar import EpochPermutationSampler
+
+    for sampler_of in (EvalShardSampler, lambda n: EpochPermutationSampler(n, shuffle=False, pad=False)):
+        shards = []
+        for rank in range(world):
+            simulate_ddp(monkeypatch, rank, world)
+            sampler = sampler_of(1001)
+            shards.append(list(sampler))
+            assert len(sampler) == len(shards[-1])
+        assert sorted(i for s in shards for i in s) == list(range(1001))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1

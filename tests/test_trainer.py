@@ -237,3 +237,31 @@ def test_failed_validation_creates_no_run_directory(tiny_config, tmp_path, monke
 
 def run(config: dict, run_id: str | None, resume=None):
     return run_training(config, run_id, resume)[0]
+
+
+def test_channels_last_changes_the_layout_not_the_step(tiny_config):
+    """channels_last (the CUDA default) is a memory layout: the first step's loss and gradients are those of the
+    plain layout up to float32 summation order (a whole run then drifts apart, as any reordering does)."""
+    from parse_config import ConfigParser
+
+    def first_step(channels_last: bool):
+        tiny_config["trainer"]["args"]["channels_last"] = channels_last
+        trainer = train.build_trainer(ConfigParser(tiny_config))
+        images, labels, index = trainer.to_device(*next(iter(trainer.data_loader)))
+        assert images.is_contiguous(memory_format=torch.channels_last) or not channels_last
+        trainer.raw_model.train()
+        trainer.training_loss(images, labels, index).backward()
+        return trainer.raw_model
+
+    plain, nhwc = first_step(False), first_step(True)
+    conv = next(p for p in nhwc.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    for (name, a), b in zip(plain.named_parameters(), nhwc.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * float(a.grad.abs().max()), msg=name)
+
+
+def test_sync_batchnorm_in_one_process_is_a_noted_no_op(tiny_config):
+    tiny_config["trainer"]["args"].update(epochs=1, sync_batchnorm=True)
+    trainer, parsed = run_training(tiny_config, "sbn")
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.raw_model.modules())
+    assert "sync_batchnorm: one process" in (parsed.log_dir / "train.log").read_text()

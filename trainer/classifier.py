@@ -53,7 +53,8 @@ class ClassifierTrainer(BaseTrainer):
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, Any]:
-        """Mean loss and every metric over ``loader`` (rank shards are summed under DDP)."""
+        """Mean loss and every metric over ``loader`` (under DDP: each rank scores its shard, every sample once
+        over the ranks, and the sums are reduced)."""
         self.raw_model.eval()
         for metric in self.metrics:
             metric.reset()
@@ -62,7 +63,7 @@ class ClassifierTrainer(BaseTrainer):
         for images, labels, _ in loader:
             images, labels = self.to_device(images, labels)
             with self.autocast():
-                logits = self.model(images)
+                logits = self.eval_model(images)
             logits = logits.float()
             if self.criterion is not None:
                 loss_sum += self.evaluation_loss(logits, labels) * len(labels)
@@ -90,7 +91,7 @@ class ClassifierTrainer(BaseTrainer):
         for images, labels, index in loader:
             images = self.to_device(images)[0]
             with self.autocast():
-                out = self.model(images)
+                out = self.eval_model(images)
             out = out.float().cpu()
             if logits is None:
                 logits = torch.empty(n, out.shape[1])

@@ -80,7 +80,8 @@ class LNRTrainer(ClassifierTrainer):
         return groups
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
-        # no DDP wrapper: only the head trains (its gradients are reduced below); torch.compile still applies
+        # no DDP wrapper: only the head trains (backward_step averages its gradients over the ranks);
+        # torch.compile still applies
         return torch.compile(module) if compile_model else module
 
     # --- label-noise rebalancing ------------------------------------------------------------------
@@ -107,6 +108,12 @@ class LNRTrainer(ClassifierTrainer):
                     total.index_add_(0, index, probs)
                     seen.index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
                     labels[index] = target
+        # under DDP each rank saw its shard: sum the shards on the device (nccl reduces CUDA tensors only)
+        total = dist.all_reduce_sum(total.to(self.device)).cpu()
+        seen = dist.all_reduce_sum(seen.to(self.device)).cpu()
+        labels = dist.all_reduce_max(labels.to(self.device)).cpu()
+        if released:  # the passes moved each rank's BatchNorm statistics by its own shard: agree on rank 0's
+            dist.broadcast_buffers(self.raw_model)
         if bool((seen == 0).any()):
             raise RuntimeError("the flip passes did not cover every training sample")
         return total / seen[:, None], labels

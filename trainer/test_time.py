@@ -10,6 +10,7 @@ from torch import nn
 
 from base.base_trainer import BaseTrainer
 from model.metric import split_scores
+from utils import dist
 from utils.errors import ConfigError
 from utils.registry import TRAINERS
 
@@ -44,6 +45,11 @@ class TestTimeTrainer(BaseTrainer):
         if self.optimizer is None:
             raise ConfigError(f'{config.source}: TestTimeTrainer needs an "optimizer" section (SADE: SGD lr 0.1)')
         self.raw_model.requires_grad_(False)
+
+    def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
+        # the model is frozen (DDP refuses a module without trainable parameters); under torchrun the learned
+        # weights' gradients are averaged over the ranks by backward_step
+        return torch.compile(module) if compile_model else module
 
     # --- what is learned --------------------------------------------------------------------------
     def parameter_groups(self):
@@ -87,7 +93,7 @@ class TestTimeTrainer(BaseTrainer):
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass of prediction-stability maximisation over the current split's two views."""
         self.raw_model.eval()
-        total, batches = 0.0, 0
+        total, batches = torch.zeros((), device=self.device), 0
         for batch_idx, ((view1, _, _), (view2, _, _)) in enumerate(zip(self._views(), self._views())):
             view1, view2 = self.to_device(view1, view2)
             with torch.no_grad(), self.autocast():
@@ -95,11 +101,11 @@ class TestTimeTrainer(BaseTrainer):
             p1, p2 = torch.softmax(self.combined(f1), dim=1), torch.softmax(self.combined(f2), dim=1)
             loss = -F.cosine_similarity(p1, p2, dim=1).mean()
             self.backward_step(loss, batch_idx)
-            total, batches = total + float(loss.detach()), batches + 1
+            total, batches = total + loss.detach(), batches + 1
             if self._collapsed():
                 self._stopped = True
                 break
-        return {"stability": -total / max(batches, 1)}
+        return {"stability": -float(dist.mean_over_ranks(total, batches))}
 
     def _collapsed(self) -> bool:
         low = bool(self.weights().min() < self.min_weight)
@@ -112,16 +118,26 @@ class TestTimeTrainer(BaseTrainer):
     # --- the whole protocol -------------------------------------------------------------------------
     @torch.no_grad()
     def _test_features(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expert features ``(N, E, D)`` and labels of the whole test set, one pass, row i = index i."""
+        """Expert features ``(N, E, D)`` and labels of the whole test set, one pass, row i = index i.
+
+        Under DDP each rank computes its shard and the rows are summed over the ranks, so every rank holds all.
+        """
         self.raw_model.eval()
         n = len(loader.dataset)
-        features = torch.empty(n, self.raw_model.num_experts, self.raw_model.feature_dim, device=self.device)
-        targets = torch.empty(n, dtype=torch.long)
+        features = torch.zeros(n, self.raw_model.num_experts, self.raw_model.feature_dim, device=self.device)
+        targets = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        seen = torch.zeros(n, device=self.device)
         for images, labels, index in loader:
+            index = index.to(self.device)
             with self.autocast():
-                features[index.to(self.device)] = self.raw_model.expert_features(self.to_device(images)[0]).float()
-            targets[index] = labels.cpu()
-        return features, targets
+                features[index] = self.raw_model.expert_features(self.to_device(images)[0]).float()
+            targets[index], seen[index] = labels.to(self.device), 1
+        features, seen = dist.all_reduce_sum(features), dist.all_reduce_sum(seen)
+        targets = dist.all_reduce_max(targets)
+        if not bool((seen == 1).all()):
+            raise RuntimeError(f"the test loader yielded {int((seen > 0).sum())} distinct of {n} images "
+                               f"({int((seen > 1).sum())} more than once over the ranks); it must cover each once")
+        return features, targets.cpu()
 
     def adapt_all(self, shot_args: dict | None = None) -> dict[str, dict[str, Any]]:
         """Adapt and score every test-agnostic split; returns test_all's table plus the learned values."""

@@ -57,6 +57,33 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over ranks, in place (no-op single-process), and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def average_gradients(parameters) -> None:
+    """Average the ``.grad`` of ``parameters`` over ranks (one all-reduce of their concatenation).
+
+    For parameters trained outside a DistributedDataParallel model (LNR's classifier, test-time training's
+    weights), whose gradients DDP does not reduce; every rank must call it at the same step.
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def mean_over_ranks(total: torch.Tensor, count: int) -> torch.Tensor:
     """``sum(total) / sum(count)`` over all ranks, in float64 (``total`` is this rank's sum of ``count`` values)."""
     both = all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,

@@ -1,0 +1,212 @@
+"""DDP for the methods whose state lives outside a DDP model (issue 7), two CPU ranks with gloo:
+
+- LNR stage 2: the flip passes see a shard per rank and must be gathered, and the classifier trains outside DDP
+  (the backbone is frozen), so its gradients must be averaged by the trainer: both ranks must end with the same
+  flips and the same weights.
+- Test-time training (``test_training.py`` under torchrun): the test features are gathered from the shards and
+  the expert weights / preference, trained outside any DDP model on sharded views, must agree on both ranks.
+- Resume: a two-rank run interrupted after epoch 1 and resumed with ``-r latest.pth`` under the same world size
+  ends with exactly the weights of an uninterrupted two-rank run.
+
+As in tests/test_distributed.py, each rank's state comes from plugin trainers (the supported way to add code).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures import run_training
+
+from parse_config import load_json
+from tests.test_distributed import assert_same_weights, classifier_config, gloo_or_skip
+from tests.test_lnr import stage1, stage2_config  # noqa: F401  (stage1 is a fixture)
+from utils.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = "ddp_method_ranks"
+PLUGIN_SOURCE = '''"""Trainers saving each rank's state (<weights_dir>/<kind><rank>.pt) for this test module."""
+import os
+from pathlib import Path
+
+import torch
+
+from trainer.classifier import ClassifierTrainer
+from trainer.lnr import LNRTrainer
+from trainer.test_time import TestTimeTrainer
+from utils import dist
+from utils.registry import TRAINERS
+
+
+def keep(weights_dir, kind, content):
+    Path(weights_dir).mkdir(parents=True, exist_ok=True)
+    torch.save({**content, "world_size": dist.world_size()}, Path(weights_dir) / f"{kind}{dist.rank()}.pt")
+
+
+@TRAINERS.register()
+class RankStateLNRTrainer(LNRTrainer):
+    """LNRTrainer saving each rank's weights and flips after training."""
+
+    def __init__(self, config, weights_dir: str, **kwargs):
+        super().__init__(config, **kwargs)
+        self.weights_dir = weights_dir
+
+    def train(self):
+        log = super().train()
+        keep(self.weights_dir, "rank", {"model": self.raw_model.state_dict(), "flipped": self.flipped})
+        return log
+
+
+@TRAINERS.register()
+class RankStateTestTimeTrainer(TestTimeTrainer):
+    """TestTimeTrainer saving each rank's adapted results."""
+
+    def __init__(self, config, weights_dir: str, **kwargs):
+        super().__init__(config, **kwargs)
+        self.weights_dir = weights_dir
+
+    def adapt_all(self, *args, **kwargs):
+        results = super().adapt_all(*args, **kwargs)
+        keep(self.weights_dir, "ttt", {"results": results})
+        return results
+
+
+@TRAINERS.register()
+class InterruptedClassifierTrainer(ClassifierTrainer):
+    """ClassifierTrainer that ends the process right after saving epoch ``stop_after`` (0: never), as a kill
+    between epochs would, and saves each rank's final weights when it completes."""
+
+    def __init__(self, config, weights_dir: str, stop_after: int = 0, **kwargs):
+        super().__init__(config, **kwargs)
+        self.weights_dir, self.stop_after = weights_dir, stop_after
+
+    def _save(self, epoch, improved):
+        super()._save(epoch, improved)
+        if epoch == self.stop_after:
+            os._exit(0)
+
+    def train(self):
+        log = super().train()
+        keep(self.weights_dir, "rank", {"model": self.raw_model.state_dict()})
+        return log
+'''
+
+
+def torchrun(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 <script> <args>`` with the plugin importable; must exit 0."""
+    (tmp_path / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in {err.timeout} s (a rank waiting on a collective?)\n"
+                    f"stdout:\n{err.stdout}\nstderr:\n{err.stderr}")
+    assert done.returncode == 0, f"torchrun exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done
+
+
+def write_config(config: dict, tmp_path: Path, name: str = "config.json") -> Path:
+    config = copy.deepcopy(config)
+    config["plugins"] = [PLUGIN]
+    config["trainer"]["args"].update(tensorboard=False, progress_bar=False)
+    path = tmp_path / name
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
+def rank_states(folder: Path, kind: str) -> tuple[dict, dict]:
+    rank0, rank1 = (torch.load(folder / f"{kind}{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    return rank0, rank1
+
+
+@pytest.mark.slow
+def test_lnr_two_cpu_ranks_share_flips_and_weights(tiny_config, stage1, tmp_path):  # noqa: F811
+    gloo_or_skip()
+    config = stage2_config(tiny_config, stage1)
+    config["trainer"]["type"] = "RankStateLNRTrainer"
+    config["trainer"]["args"].update(save_dir=str(tmp_path / "saved"), weights_dir=str(tmp_path / "ranks"))
+    torchrun(tmp_path, "train.py", "-c", str(write_config(config, tmp_path)), "--run-id", "ddp")
+    rank0, rank1 = rank_states(tmp_path / "ranks", "rank")
+    # the flip statistics were gathered from both shards: one set of flips, towards rarer classes
+    assert torch.equal(rank0["flipped"], rank1["flipped"])
+    changed = rank0["flipped"] >= 0
+    assert int(changed.sum()) > 0
+    counts = torch.as_tensor(_train_counts(tiny_config))
+    labels = _train_labels(tiny_config)
+    assert (counts[rank0["flipped"][changed]] < counts[labels[changed]]).all()
+    # the classifier trained outside DDP on different shards: equal weights only if its gradients were averaged
+    assert_same_weights(rank0["model"], rank1["model"], "rank 0 vs rank 1 after LNR stage 2")
+    assert not torch.equal(rank0["model"]["classifier.weight"], load_checkpoint(stage1)["model"]["classifier.weight"])
+    latest = load_checkpoint(tmp_path / "saved" / "models" / "stage2" / "ddp" / "latest.pth")
+    assert torch.equal(latest["trainer_state"]["flipped"], rank0["flipped"])
+
+
+def _train_counts(tiny_config: dict) -> list[int]:
+    return _digits(tiny_config).cls_num_list
+
+
+def _train_labels(tiny_config: dict) -> torch.Tensor:
+    return torch.as_tensor(_digits(tiny_config).dataset.targets)
+
+
+def _digits(tiny_config: dict):
+    from data_loader.digits import DigitsLT
+
+    return DigitsLT(**tiny_config["data_loader"]["args"])
+
+
+@pytest.fixture
+def expert_checkpoint(tiny_config) -> Path:
+    config = copy.deepcopy(tiny_config)
+    config["name"] = "experts"
+    config["arch"] = {"type": "MultiExpertResNet32", "args": {"num_classes": 10, "in_channels": 1, "width": 4,
+                                                              "hypernet": {"hidden": 16}}}
+    config["loss"] = {"type": "DiverseExpertLoss", "args": {"tau": 2.0, "scalarization": "stch", "mu": 1.0}}
+    config["trainer"] = {"type": "HyperExpertTrainer", "args": {**tiny_config["trainer"]["args"], "epochs": 1}}
+    _, parsed = run_training(config, "experts")
+    return parsed.model_dir / "model_best.pth"
+
+
+@pytest.mark.slow
+def test_test_time_training_two_cpu_ranks_agree(expert_checkpoint, tmp_path):
+    gloo_or_skip()
+    test_time = load_json(ROOT / "configs/experts/test_time_quickstart_digits.json")
+    test_time["trainer"]["type"] = "RankStateTestTimeTrainer"
+    test_time["trainer"]["args"].update(epochs=2, weights_dir=str(tmp_path / "ranks"))
+    done = torchrun(tmp_path, "test_training.py", "-c", str(write_config(test_time, tmp_path)),
+                    "-r", str(expert_checkpoint), "-d", "cpu")
+    rank0, rank1 = rank_states(tmp_path / "ranks", "ttt")
+    assert rank0["results"].keys() == rank1["results"].keys() and len(rank0["results"]) == 11
+    # the learned weights and preference (and so the scores) agree on both ranks
+    assert rank0["results"] == rank1["results"]
+    assert any(r["weights"] != [round(1 / 3, 4)] * 3 for r in rank0["results"].values())  # it did adapt
+    assert done.stdout.count("backward50") == 2  # rank 0 alone prints the two tables
+
+
+@pytest.mark.slow
+def test_resume_under_the_same_world_size_is_exact(tiny_config, tmp_path):
+    gloo_or_skip()
+    config = classifier_config(tiny_config, validation=True)
+    config["trainer"]["type"] = "InterruptedClassifierTrainer"
+    config["trainer"]["args"].update(save_dir=str(tmp_path / "saved"))
+    path = write_config(config, tmp_path)
+    torchrun(tmp_path, "train.py", "-c", str(path), "--run-id", "whole",
+             "--set", f"trainer.args.weights_dir={tmp_path / 'whole'}")
+    torchrun(tmp_path, "train.py", "-c", str(path), "--run-id", "cut",
+             "--set", f"trainer.args.weights_dir={tmp_path / 'cut'}", "--set", "trainer.args.stop_after=1")
+    run = tmp_path / "saved" / "models" / config["name"] / "cut"
+    assert load_checkpoint(run / "latest.pth")["epoch"] == 1 and not (tmp_path / "cut").exists()
+    torchrun(tmp_path, "train.py", "-r", str(run / "latest.pth"), "--set", "trainer.args.stop_after=0")
+    whole0, whole1 = rank_states(tmp_path / "whole", "rank")
+    resumed0, resumed1 = rank_states(tmp_path / "cut", "rank")
+    assert_same_weights(resumed0["model"], resumed1["model"], "rank 0 vs rank 1 after resuming")
+    assert_same_weights(resumed0["model"], whole0["model"], "resumed vs uninterrupted run")
+    assert load_checkpoint(run / "latest.pth")["epoch"] == 2
