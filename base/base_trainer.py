@@ -53,8 +53,8 @@ class BaseTrainer(ABC):
         sync_batchnorm: under DDP on CUDA, convert BatchNorm layers to ``SyncBatchNorm`` so batch statistics
             are computed over the global batch (for small per-GPU batches); without it each rank normalises
             with its own batch, as SADE's and RIDE's released code do.
-        channels_last: NHWC memory layout for the model's 4D weights and image batches (faster convolutions
-            with autocast on tensor-core GPUs); null: on for CUDA, off on CPU.
+        channels_last: NHWC memory layout for the model's 4D weights and image batches: faster convolutions on
+            tensor-core GPUs and with oneDNN on CPU (1.1-1.35x per training step for the ResNets on CPU here).
         deterministic: ask torch for deterministic kernels (CPU runs are deterministic regardless).
         grad_clip: clip the gradient norm to this value (null: no clipping).
         log_step: batches between progress-bar/loss updates (each costs one host-device sync).
@@ -65,7 +65,7 @@ class BaseTrainer(ABC):
     def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
                  early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
                  amp: Literal["auto", "bf16", "fp16", "off"] = "auto", compile: bool = False,
-                 sync_batchnorm: bool = False, channels_last: bool | None = None,
+                 sync_batchnorm: bool = False, channels_last: bool = True,
                  deterministic: bool = False, grad_clip: float | None = None, log_step: int = 10,
                  progress_bar: bool | None = None, test_after_training: bool = True):
         if epochs < 1:
@@ -91,7 +91,7 @@ class BaseTrainer(ABC):
         self._startup_notes: list[str] = []
 
         self.data_loader, self.valid_loader = self.build_data()
-        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        self.channels_last = channels_last
         self.raw_model = self.build_model().to(self.device)
         if self.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)  # touches 4D weights only

@@ -20,7 +20,8 @@ Rows:
    (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) through
    ``DataLoader(num_workers=2, shuffle=True)``, ``.to(device)``, the same model (same initial weights),
    Dirichlet preference, loss and SGD, written as a plain loop. Both use the trainer's autocast setting
-   (bf16 on CUDA, none on CPU), so the difference is the input pipeline and the loop.
+   (bf16 on CUDA, none on CPU); ours also its default channels-last layout, the reference PyTorch's default
+   layout as the released code has it. The difference is the input pipeline, the layout and the loop.
 2. The hypernetwork's cost: step time of row 1's trainer over the same trainer and model without
    ``hypernet`` (SADE's experts with per-expert cosine heads); a time ratio, target <= 1.10.
 3. Achieved training FLOP/s: FLOPs of one row-1 step (forward + backward, ``FlopCounterMode``) divided by

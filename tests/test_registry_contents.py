@@ -102,7 +102,7 @@ def test_every_model_runs_forward_and_backward(name):
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    # the trainers' channels_last option (default on CUDA): same outputs in NHWC layout
+    # the trainers' channels_last option (on by default): same outputs in NHWC layout
     if len(spec["shape"]) == 4:
         model.eval()
         x = torch.randn(*spec["shape"])

@@ -240,7 +240,7 @@ def run(config: dict, run_id: str | None, resume=None):
 
 
 def test_channels_last_changes_the_layout_not_the_step(tiny_config):
-    """channels_last (the CUDA default) is a memory layout: the first step's loss and gradients are those of the
+    """channels_last (the default) is a memory layout: the first step's loss and gradients are those of the
     plain layout up to float32 summation order (a whole run then drifts apart, as any reordering does)."""
     from parse_config import ConfigParser
 
