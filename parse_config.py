@@ -16,6 +16,7 @@ import copy
 import difflib
 import importlib
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -80,10 +81,24 @@ def import_plugins(modules: Any, where: tuple = ("plugins",)) -> None:
                               "module on PYTHONPATH or in the directory you run from") from err
 
 
+def _check_finite(value: Any, where: tuple = ()) -> None:
+    """Refuse NaN and +-Infinity anywhere: standard JSON has no such numbers (Python's json module reads them) and
+    no setting means anything with them; range checks such as ``lr < 0`` let NaN through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{format_path(where)}: {value} is not a valid config value; give a finite number")
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _check_finite(child, where + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            _check_finite(child, where + (index,))
+
+
 def validate_config(config: Any) -> None:
     """Check every section of ``config``; raise ConfigError naming the first wrong key path."""
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a JSON object, got {type(config).__name__}")
+    _check_finite(config)
     for key in config:
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(key, list(TOP_LEVEL_KEYS), n=1, cutoff=0.6)
@@ -91,9 +106,9 @@ def validate_config(config: Any) -> None:
             raise ConfigError(f"{format_path((key,))}: unknown top-level key.{hint} "
                               f"Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     for key in REQUIRED_KEYS:
-        if key not in config:
-            raise ConfigError(f"{format_path((key,))}: missing; a config needs {', '.join(REQUIRED_KEYS)} "
-                              f"({key}: {TOP_LEVEL_KEYS[key]})")
+        if config.get(key) is None:
+            raise ConfigError(f"{format_path((key,))}: {'null' if key in config else 'missing'}; a config needs "
+                              f"{', '.join(REQUIRED_KEYS)} ({key}: {TOP_LEVEL_KEYS[key]})")
     name = config["name"]
     if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
         raise ConfigError(f'{format_path(("name",))}: must be a non-empty name of letters, digits, "_", "-" '
@@ -117,7 +132,8 @@ def validate_config(config: Any) -> None:
     for i, spec in enumerate(metrics):
         METRICS.check(spec, ("metrics", i), METRIC_SUPPLIED)
     if "lr_scheduler" in config and config["lr_scheduler"] is not None and "optimizer" not in config:
-        raise ConfigError(f'{format_path(("lr_scheduler",))}: a scheduler needs an "optimizer" section')
+        raise ConfigError(f'{format_path(("optimizer",))}: missing; config["lr_scheduler"] needs an optimizer to '
+                          "schedule (add an \"optimizer\" section or remove \"lr_scheduler\")")
 
 
 def apply_override(config: dict, assignment: str) -> None:
@@ -306,6 +322,13 @@ class ConfigParser:
         """Build the component of ``section`` through its registry (see Registry.build)."""
         registry = COMPONENTS[section][0]
         with self.located():
+            given = (self._config[section].get("args") or {}).get("num_classes")
+            offered = (optional or {}).get("num_classes")
+            if offered is not None and given is not None and given != offered:
+                # a model with more outputs than the data has classes predicts classes that do not exist; fewer
+                # fail only at the first batch with a label out of range
+                raise ConfigError(f'{format_path((section, "args", "num_classes"))}: {given}, but the data loader has '
+                                  f"{offered} classes; set it to {offered} or remove it (it defaults to the data's)")
             return registry.build(self._config[section], (section,), optional=optional, **runtime)
 
     def build_metrics(self, optional: Mapping[str, Any] | None = None) -> list:
@@ -332,9 +355,14 @@ class ConfigParser:
         if not dist.is_main_process():
             return
         if self.resume is None and self.model_dir.exists() and any(self.model_dir.iterdir()):
-            raise ConfigError(f"run directory {self.model_dir} already exists and is not empty; choose "
-                              "another --run-id, or continue that run with -r "
-                              f"{self.model_dir / 'latest.pth'}")
+            latest = self.model_dir / "latest.pth"
+            if latest.exists():
+                raise ConfigError(f"run directory {self.model_dir} already exists and is not empty; choose "
+                                  f"another --run-id, or continue that run with -r {latest}")
+            # a run killed before its first epoch ended: there is nothing to resume from
+            raise ConfigError(f"run directory {self.model_dir} already exists and is not empty but holds no "
+                              "checkpoint (that run stopped before its first epoch ended, or is still in its first "
+                              "epoch); choose another --run-id, or delete the directory to start that run again")
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.model_dir / "config.json").write_text(json.dumps(self._config, indent=2) + "\n", encoding="utf-8")

@@ -23,12 +23,15 @@ from utils.errors import ConfigError
 
 
 def merged_config(test_time: dict, checkpoint_config: dict) -> dict:
-    """The checkpoint's config with the test-time file merged over it; the trainer section is replaced
-    whole (the training trainer's arguments mean nothing to the test-time one)."""
-    base = {k: v for k, v in checkpoint_config.items() if k not in ("trainer", "init_from")}
+    """The checkpoint's config with the test-time file merged over it. The trainer, optimizer and scheduler come
+    from the test-time file alone: training's mean nothing to the adaptation (a test-time file without an
+    optimizer is an error, not a silent reuse of the training one)."""
+    base = {k: v for k, v in checkpoint_config.items()
+            if k not in ("trainer", "init_from", "optimizer", "lr_scheduler")}
     merged = deep_merge(base, {k: v for k, v in test_time.items() if k != "trainer"})
     merged["trainer"] = test_time["trainer"]
-    merged["trainer"].setdefault("args", {}).setdefault("tensorboard", False)
+    if isinstance(merged["trainer"], dict) and isinstance(merged["trainer"].setdefault("args", {}), dict):
+        merged["trainer"]["args"].setdefault("tensorboard", False)  # otherwise ConfigParser names the bad value
     return merged
 
 

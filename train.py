@@ -77,20 +77,23 @@ def main(argv=None) -> None:
     if config.resume is not None:
         trainer.resume(config.resume)
     config.prepare_run_dirs()
-    trainer.train()
-    if trainer.test_after_training:
-        best = config.model_dir / "model_best.pth"
-        if best.exists():
-            trainer.load_weights(best)
-        which = "model_best.pth" if best.exists() else "the final weights"
-        result = trainer.test()
-        if dist.is_main_process():
-            trainer.logger.info(f"Test split ({result['n']} samples), {which}:\n{format_metrics(result['metrics'])}")
-            for tag, figure in trainer.figures(title="test").items():
-                trainer.writer.figure(f"test/{tag}", figure, trainer.last_epoch)
+    try:
+        trainer.train()
+        if trainer.test_after_training:
+            best = config.model_dir / "model_best.pth"
             if best.exists():
-                trainer.logger.info(f"Evaluate again with: python test.py -r {best}")
-    trainer.close()
+                trainer.load_weights(best)
+            which = "model_best.pth" if best.exists() else "the final weights"
+            result = trainer.test()
+            if dist.is_main_process():
+                table = format_metrics(result["metrics"])
+                trainer.logger.info(f"Test split ({result['n']} samples), {which}:\n{table}")
+                for tag, figure in trainer.figures(title="test").items():
+                    trainer.writer.figure(f"test/{tag}", figure, trainer.last_epoch)
+                if best.exists():
+                    trainer.logger.info(f"Evaluate again with: python test.py -r {best}")
+    finally:  # also when training fails (a non-finite loss, a full disk): no open log file or event writer
+        trainer.close()
 
 
 if __name__ == "__main__":

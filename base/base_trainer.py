@@ -30,7 +30,7 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from utils import dist
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from utils.errors import CheckpointError, ConfigError, NonFiniteLossError
+from utils.errors import CheckpointError, ConfigError, NonFiniteLossError, format_path
 from utils.logging import TensorboardWriter, close_file_handlers, get_logger
 
 
@@ -62,12 +62,19 @@ class BaseTrainer(ABC):
         test_after_training: evaluate ``model_best.pth`` (or the last weights) on the test set at the end.
     """
 
+    required_sections: tuple[str, ...] = ()  # config sections a subclass cannot work without
+
     def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
                  early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
                  amp: Literal["auto", "bf16", "fp16", "off"] = "auto", compile: bool = False,
                  sync_batchnorm: bool = False, channels_last: bool = True,
                  deterministic: bool = False, grad_clip: float | None = None, log_step: int = 10,
                  progress_bar: bool | None = None, test_after_training: bool = True):
+        missing = [section for section in self.required_sections if section not in config]
+        if missing:  # before anything is built
+            raise ConfigError(f"{config.source}: {format_path((missing[0],))}: missing; {type(self).__name__} needs "
+                              + " and ".join(f'"{section}"' for section in self.required_sections)
+                              + (" sections" if len(self.required_sections) > 1 else " section"))
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if save_period < 0 or early_stop < 0 or log_step < 1:
@@ -265,10 +272,13 @@ class BaseTrainer(ABC):
         """Raise NonFiniteLossError if a loss since the start of the epoch was NaN or Inf."""
         bad = int(self._bad_batch)
         if bad >= 0:
+            latest = self.config.model_dir / "latest.pth"
+            kept = (f"the last good checkpoint ({latest}) is intact" if latest.exists()
+                    else "no checkpoint had been written yet")
             raise NonFiniteLossError(
                 f"the training loss became non-finite (NaN or Inf) at epoch {epoch}, batch {bad}. Training "
-                f"stopped; the last good checkpoint ({self.config.model_dir / 'latest.pth'}) is intact. Try a "
-                "lower learning rate, gradient clipping (trainer.args.grad_clip) or amp \"off\"")
+                f"stopped; {kept}. Try a lower learning rate, gradient clipping (trainer.args.grad_clip) or "
+                'amp "off"')
 
     def progress(self, loader, epoch: int, desc: str = "train"):
         """Iterate ``loader`` with a tqdm bar when enabled (rank 0 only)."""
@@ -404,10 +414,12 @@ class BaseTrainer(ABC):
             return
         state = self.checkpoint_state(epoch)
         model_dir = self.config.model_dir
-        save_checkpoint(state, model_dir / "latest.pth")
+        # best before latest: a kill between the two writes then repeats this epoch on resume (writing the same
+        # best again), where the other order would resume past it with monitor_best set and never write it
         if improved:
             save_checkpoint(state, model_dir / "model_best.pth")
             self.logger.info(f"Saved model_best.pth ({self.monitor_key} {self.monitor_best:.4g})")
+        save_checkpoint(state, model_dir / "latest.pth")
         if self.save_period and epoch % self.save_period == 0:
             save_checkpoint(state, model_dir / f"checkpoint-epoch{epoch}.pth")
         dist.barrier()
@@ -427,6 +439,7 @@ class BaseTrainer(ABC):
             raise CheckpointError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from err
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+            self._warn_if_optimizer_changed(path, state.get("config") or {})
         if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if state.get("grad_scaler"):
@@ -437,6 +450,18 @@ class BaseTrainer(ABC):
         self.load_trainer_state(state.get("trainer_state") or {})
         set_rng_state(state["rng"])
         self.logger.info(f"Resumed from {path} (epoch {state['epoch']})")
+
+    def _warn_if_optimizer_changed(self, path: str | Path, saved_config: dict[str, Any]) -> None:
+        """Resuming restores the optimizer's and scheduler's state, learning rates included: say so when the
+        config asks for other optimizer or scheduler settings than the checkpoint's, instead of ignoring them."""
+        changed = [section for section in ("optimizer", "lr_scheduler")
+                   if section in saved_config and saved_config.get(section) != self.config.config.get(section)]
+        if changed:
+            message = (f"{path}: config[{changed[0]!r}] differs from the checkpoint's; resuming continues with the "
+                       "checkpoint's optimizer and scheduler state (learning rates included). To train with new "
+                       "settings, start a new run from these weights with --init-from")
+            self.logger.warning(message)
+            self._startup_notes.append(message)  # repeated in the run's log file once it exists
 
     def load_weights(self, path: str | Path) -> dict[str, Any]:
         """Load only the model weights (and trainer state) of ``path`` for evaluation; returns the checkpoint."""

@@ -9,6 +9,7 @@ a missing image is an error naming the list file and line, never skipped.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
@@ -48,18 +49,24 @@ def read_image_list(path: Path, num_classes: int) -> list[ListEntry]:
         raise DataError(f"image list {path} does not exist; {LIST_SOURCES}. Put them in data_loader.args.data_dir "
                         "or name each file with train_list / val_list / test_list")
     entries = []
-    with open(path, encoding="utf-8") as file:
-        for line_no, line in enumerate(file, start=1):
+    with open(path, "rb") as file:
+        for line_no, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}, line {line_no}: not UTF-8 text ({err.reason} at byte {err.start}); save "
+                                "the list as UTF-8") from None
             if not line.strip():
                 continue
             parts = line.split()
             if len(parts) != 2:
                 raise DataError(f"{path}, line {line_no}: expected 'relative/path label' (two fields separated by "
                                 f"white space), got {line.strip()!r}")
-            try:
-                label = int(parts[1])
-            except ValueError:
-                raise DataError(f"{path}, line {line_no}: label {parts[1]!r} is not an integer") from None
+            # plain ASCII digits only: int() would also read "1_0" as 10, "+1" or a non-ASCII digit as 1
+            if not re.fullmatch(r"-?[0-9]+", parts[1]):
+                raise DataError(f"{path}, line {line_no}: label {parts[1]!r} is not an integer (a class index "
+                                "written with the digits 0-9 only)")
+            label = int(parts[1])
             if not 0 <= label < num_classes:
                 raise DataError(f"{path}, line {line_no}: label {label} is outside 0..{num_classes - 1}; "
                                 "is this the list of another dataset, or should num_classes be larger?")

@@ -8,6 +8,7 @@ works on these models unchanged; trainers that need the experts call :meth:`expe
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -20,7 +21,29 @@ from base.base_model import BaseModel
 from model.hypernet import PreferenceHypernet
 from model.resnet_cifar import BasicBlock
 from model.resnet_imagenet import _load_pretrained
-from utils.registry import MODELS
+from utils.registry import MODELS, type_problem
+
+HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "aggregate_by_preference": bool}
+
+
+def check_hypernet(hypernet: dict | None) -> None:
+    """Validate the ``hypernet`` argument (keys of :class:`PreferenceHypernet` plus ``aggregate_by_preference``)
+    before any layer is built; ValueError names the wrong key and the valid ones."""
+    if hypernet is None:
+        return
+    if not isinstance(hypernet, dict):
+        raise ValueError(f'hypernet must be an object such as {{"hidden": 128}} or null, got {hypernet!r}')
+    unknown = sorted(set(hypernet) - set(HYPERNET_KEYS))
+    if unknown:
+        raise ValueError(f"hypernet has unknown key(s) {unknown}; valid keys: {', '.join(HYPERNET_KEYS)}")
+    for key, value in hypernet.items():
+        problem = type_problem(value, HYPERNET_KEYS[key])
+        if problem:
+            raise ValueError(f"hypernet.{key} must be {problem}, got {type(value).__name__} {value!r}")
+    if hypernet.get("mode", "classifier") not in ("classifier", "adapter"):
+        raise ValueError(f'hypernet.mode must be "classifier" or "adapter", got {hypernet["mode"]!r}')
+    if hypernet.get("hidden", 1) < 1 or (hypernet.get("rank") is not None and hypernet["rank"] < 1):
+        raise ValueError(f"hypernet.hidden and hypernet.rank must be >= 1, got {hypernet}")
 
 
 class NormedLinear(nn.Module):
@@ -49,6 +72,7 @@ class MultiExpertModel(BaseModel):
     def __init__(self, shared: nn.Module, experts: nn.ModuleList, feature_dim: int, num_classes: int,
                  use_norm: bool = True, scale: float = 30.0, hypernet: dict | None = None):
         super().__init__()
+        check_hypernet(hypernet)
         hypernet = dict(hypernet) if hypernet is not None else None
         # With a hypernetwork, forward() weights the experts by the preference unless weights were set: each
         # expert's loss involves only its own generated head, so preference-weighted losses share one
@@ -132,6 +156,9 @@ class MultiExpertModel(BaseModel):
         for name, values in (("preference", preference), ("weights", weights)):
             if values is not None and len(values) != self.num_experts:
                 raise ValueError(f"--{name} needs {self.num_experts} values (one per expert), got {len(values)}")
+            if values is not None and (not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0):
+                raise ValueError(f"--{name} entries must be finite, non-negative and not all zero, got {list(values)}")
         if preference is not None:
             if self.hypernet is None:
                 raise ValueError("this model has no hypernetwork: --preference applies to hypernetwork experts; "
@@ -176,6 +203,7 @@ class MultiExpertResNet32(MultiExpertModel):
 
     def __init__(self, num_classes: int, num_experts: int = 3, reduce_dimension: bool = True, use_norm: bool = True,
                  in_channels: int = 3, width: int = 16, scale: float = 30.0, hypernet: dict | None = None):
+        check_hypernet(hypernet)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if num_classes < 2:
@@ -214,6 +242,7 @@ class MultiExpertTorchvisionResNet(MultiExpertModel):
     def __init__(self, arch: str, layers: list[int], num_classes: int, num_experts: int, reduce_dimension: bool,
                  use_norm: bool, share_layer3: bool, pretrained: str | None, scale: float, hypernet: dict | None,
                  groups: int = 1, base_width: int = 64):
+        check_hypernet(hypernet)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         net = getattr(torchvision.models, arch)(weights=None)

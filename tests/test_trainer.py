@@ -265,3 +265,16 @@ def test_sync_batchnorm_in_one_process_is_a_noted_no_op(tiny_config):
     trainer, parsed = run_training(tiny_config, "sbn")
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.raw_model.modules())
     assert "sync_batchnorm: one process" in (parsed.log_dir / "train.log").read_text()
+
+
+def test_resume_with_another_learning_rate_says_it_keeps_the_checkpoints(tiny_config, tmp_path):
+    """The optimizer state restored on resume holds the learning rate: a changed lr is reported, not ignored."""
+    tiny_config["trainer"]["args"]["epochs"] = 1
+    run(tiny_config, "first")
+    latest = tmp_path / "saved" / "models" / "tiny" / "first" / "latest.pth"
+    config = load_checkpoint(latest)["config"]
+    config["trainer"]["args"]["epochs"] = 2
+    config["optimizer"]["args"]["lr"] = 0.5
+    _, parsed = run_training(config, None, latest)
+    log = (parsed.log_dir / "train.log").read_text()
+    assert "config['optimizer'] differs from the checkpoint's" in log and "--init-from" in log

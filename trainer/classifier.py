@@ -7,7 +7,6 @@ import torch
 
 from base.base_trainer import BaseTrainer
 from utils import dist
-from utils.errors import ConfigError
 from utils.plots import metric_figures
 from utils.registry import TRAINERS
 
@@ -20,10 +19,7 @@ class ClassifierTrainer(BaseTrainer):
     many/medium/few, ECE/MCE). All arguments are BaseTrainer's (epochs, monitor, save_dir, ...).
     """
 
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        if self.criterion is None or self.optimizer is None:
-            raise ConfigError(f'{config.source}: {type(self).__name__} needs "loss" and "optimizer" sections')
+    required_sections = ("loss", "optimizer")
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The loss of one batch (already on the device); subclasses override this to change the objective."""

@@ -58,6 +58,8 @@ class NMRDenoiseTrainer(BaseTrainer):
         figure_count: spectra drawn in TensorBoard each validation and in ``test.py``'s figure.
     """
 
+    required_sections = ("loss", "optimizer")
+
     def __init__(self, config, snr_ratio: float = 2.0, phase_a_epochs: int = 0, phase_a_levels: int = 2,
                  phase_b_weights: dict[str, float] | None = None, curriculum: bool = True,
                  curriculum_fraction: float = 0.5, peak_weight_final: float | None = None,
@@ -74,12 +76,16 @@ class NMRDenoiseTrainer(BaseTrainer):
             raise ValueError("phase_a_epochs must be >= 0, phase_a_levels >= 1, curriculum_fraction in (0, 1]")
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], got {max_share}")
+        if curv_final is not None and not curv_final >= 0:
+            raise ValueError(f"curv_final (the final baseline-curvature weight) must be >= 0 or null, got {curv_final}")
+        if peak_weight_final is not None and not peak_weight_final >= 1:
+            raise ValueError(f"peak_weight_final (the final peak weight) must be >= 1 or null, got {peak_weight_final}")
         super().__init__(config, **kwargs)
         if phase_a_epochs > self.epochs:
             raise ValueError(f"phase_a_epochs ({phase_a_epochs}) exceeds epochs ({self.epochs})")
-        if not isinstance(self.criterion, NMRDenoiseLoss) or self.optimizer is None:
-            raise ConfigError(f'{config.source}: NMRDenoiseTrainer needs "loss": {{"type": "NMRDenoiseLoss"}} and '
-                              'an "optimizer" section')
+        if not isinstance(self.criterion, NMRDenoiseLoss):
+            raise ConfigError(f'{config.source}: config["loss"]: NMRDenoiseTrainer needs "loss": '
+                              f'{{"type": "NMRDenoiseLoss"}}, got {config["loss"]["type"]}')
         self.snr_ratio, self.phase_a_epochs, self.phase_a_levels = snr_ratio, phase_a_epochs, phase_a_levels
         self.phase_b_weights = NMRDenoiseLoss.merged_weights(phase_b_weights, self.criterion.weights)
         self.curriculum, self.curriculum_fraction = curriculum, curriculum_fraction

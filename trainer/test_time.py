@@ -31,6 +31,8 @@ class TestTimeTrainer(BaseTrainer):
     ``"split_half"`` adapts on a random half (seed 0) and scores the other half.
     """
 
+    required_sections = ("optimizer",)  # SADE: SGD lr 0.1
+
     def __init__(self, config, epochs: int = 5, min_weight: float = 0.05,
                  protocol: Literal["transductive", "split_half"] = "transductive", learn_weights: bool = True,
                  learn_preference: bool = True, **kwargs):
@@ -42,8 +44,6 @@ class TestTimeTrainer(BaseTrainer):
         if not hasattr(self.raw_model, "expert_features"):
             raise ConfigError(f'{config.source}: config["arch"]: test-time training adapts a multi-expert model '
                               f"(MultiExpertResNet32, ...), got {type(self.raw_model).__name__}")
-        if self.optimizer is None:
-            raise ConfigError(f'{config.source}: TestTimeTrainer needs an "optimizer" section (SADE: SGD lr 0.1)')
         self.raw_model.requires_grad_(False)
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:

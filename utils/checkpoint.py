@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so that it loads with
 ``torch.load(weights_only=True)``: nothing in it can run code when read. Writes go to a temporary
 file in the same directory, are flushed to disk, then renamed over the target, so a crash or a full
-disk during a write leaves the previous file intact.
+disk during a write leaves the previous file intact. A temporary file that a killed process could not remove
+is deleted by the next successful save into the same directory.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import errno
 import os
 import pickle
 import random
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,28 +27,104 @@ VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically; raises CheckpointError naming the path on failure."""
+    """Write ``state`` to ``path`` atomically; raises CheckpointError naming the path on failure.
+
+    Temporary files that a killed process left next to ``path`` (same host, process gone) are removed
+    after a successful write, so repeated crashes do not fill the disk with half-written copies.
+    """
     path = Path(path)
     state = {"format": FORMAT, "version": VERSION, **state}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{_HOST}-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            torch.save(state, handle)
+            writer = _ErrorRecordingWriter(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError as err:
+                # torch's zip writer swallows an OSError raised by write() (e.g. ENOSPC) and fails later
+                # with "unexpected pos ..."; report the real cause
+                if writer.error is not None:
+                    raise writer.error from err
+                raise
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        reason = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
+        _discard(tmp)
+        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                   errno.EROFS: "the file system is read-only"}.get(err.errno, err.strerror or str(err))
-        raise CheckpointError(f"could not write checkpoint {path}: {reason}. The previous checkpoint "
-                              "there, if any, is unchanged; free space or fix permissions and resume "
-                              "with -r") from err
+        raise CheckpointError(f"could not write checkpoint {path}: {reason} ({type(err).__name__}: "
+                              f"{err.strerror or err}). The previous checkpoint there, if any, is unchanged; "
+                              "free space or fix permissions and resume with -r") from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+    _remove_stale_temporaries(path.parent)
     return path
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file after a failed write; never masks the original error (on a read-only file
+    system even unlinking a missing file fails with EROFS)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+_TMP_MARK = ".tmp-"
+_HOST = socket.gethostname().replace("/", "_") or "host"
+
+
+class _ErrorRecordingWriter:
+    """The file object handed to torch.save: remembers the first OSError of a write."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def __getattr__(self, name):  # everything else of the file object (fileno, truncate, ...)
+        return getattr(self.handle, name)
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete ``.NAME.tmp-HOST-PID`` files of this host whose process no longer exists.
+
+    Files of other hosts (a shared file system) and of live processes are left alone.
+    """
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.startswith(".") and _TMP_MARK in p.name]
+    except OSError:
+        return
+    for candidate in candidates:
+        host, _, pid = candidate.name.split(_TMP_MARK, 1)[1].rpartition("-")
+        if host != _HOST or not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+            continue
+        try:
+            candidate.unlink()
+        except OSError:
+            pass
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists but belongs to someone else
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -9,6 +9,23 @@ from typing import Any
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of each message, not the one at creation: the logger is
+    process-wide, and a caller that redirects stdout (pytest's capture, ``contextlib.redirect_stdout``, a notebook)
+    must not leave it writing to a closed stream."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always reads sys.stdout
+        pass
+
+
 def get_logger(name: str = "ltframework", log_file: Path | None = None, verbose: bool = True) -> logging.Logger:
     """A logger printing to stdout and, when ``log_file`` is given, appending to it."""
     logger = logging.getLogger(name)
@@ -16,7 +33,7 @@ def get_logger(name: str = "ltframework", log_file: Path | None = None, verbose:
     logger.propagate = False
     if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_ltf_console", False)
                for h in logger.handlers):
-        console = logging.StreamHandler(sys.stdout)
+        console = _StdoutHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console._ltf_console = True
         logger.addHandler(console)

@@ -244,6 +244,10 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         options = [o for o in typing.get_args(hint) if _understood(o)]
         if not options or any(_type_problem(value, o) is None for o in options):
             return None
+        fitting = [o for o in options if typing.get_origin(o) not in (None, typing.Literal)
+                   and _type_problem(value, typing.get_origin(o)) is None]
+        if len(fitting) == 1:  # right container, wrong items: say which item
+            return _type_problem(value, fitting[0])
         return " or ".join(_type_problem(None, o) if typing.get_origin(o) is typing.Literal else _expects(o)
                            for o in options)
     if origin is typing.Literal:
@@ -262,11 +266,85 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base in (list, tuple, typing.Sequence) or (isinstance(base, type) and base.__name__ == "Sequence"):
         ok = isinstance(value, (list, tuple))
+        if ok:
+            return _items_problem(value, hint, expected)
     elif base in (dict, typing.Mapping) or (isinstance(base, type) and base.__name__ == "Mapping"):
         ok = isinstance(value, dict)
+        if ok:
+            return _items_problem(value, hint, expected)
     else:
         ok = isinstance(value, base)
     return None if ok else expected
+
+
+def _items_problem(value: list | tuple | dict, hint: Any, expected: str) -> str | None:
+    """What a list / object ``value`` of the right outer type fails in its items (``list[int]``, ``tuple[float,
+    float]``, ``dict[str, float]``): the full expectation and the first wrong item; None when all fit."""
+    bad = _first_bad_item(value, hint)
+    if bad is None:
+        return None
+    where, item = bad
+    shown = f"{type(item).__name__} {item!r}" if where else f"{len(item)} items"
+    return f"{_describe(hint)} ({where or 'it'} is {shown})"
+
+
+def _first_bad_item(value: Any, hint: Any, where: str = "") -> tuple[str, Any] | None:
+    """``(location like "[1][0]", item)`` of the first item of ``value`` that ``hint``'s item types refuse."""
+    args = typing.get_args(hint)
+    if not args or not isinstance(value, (list, tuple, dict)):
+        return None
+    if isinstance(value, dict):
+        items = [(f'["{k}"]', v, args[-1]) for k, v in value.items()] if len(args) == 2 else []
+    elif typing.get_origin(hint) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            return where, value  # a wrong length: the value itself is the bad item
+        items = [(f"[{i}]", v, h) for i, (v, h) in enumerate(zip(value, args))]
+    else:
+        items = [(f"[{i}]", v, args[0]) for i, v in enumerate(value)]
+    for key, item, item_hint in items:
+        origin = typing.get_origin(item_hint)
+        if origin in (typing.Union, types.UnionType) or origin is typing.Literal or _expects(item_hint) is None:
+            if _type_problem(item, item_hint):
+                return where + key, item
+            continue
+        if _type_problem(item, origin or item_hint):  # the outer type (a list where a number belongs)
+            return where + key, item
+        deeper = _first_bad_item(item, item_hint, where + key)
+        if deeper is not None:
+            return deeper
+    return None
+
+
+_PLURALS = {int: "integers", float: "numbers", bool: "true/false values", str: "strings", list: "lists",
+            dict: "objects", type(None): "nulls"}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``list[list[int]]`` -> "a list of lists of integers"; used in messages about nested values."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args if _understood(a))
+    if origin is typing.Literal:
+        return ("values" if plural else "one") + " of " + ", ".join(repr(a) for a in args)
+    expected = _expects(hint)
+    if expected is None:
+        return "values" if plural else "a value"
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        inner = ", ".join(_describe(a) for a in args)
+        return f"{'lists' if plural else 'a list'} of {len(args)} items [{inner}]"
+    if expected == "a list" and args:
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True)}"
+    if expected == "an object" and len(args) == 2:
+        return f"{'objects' if plural else 'an object'} whose values are {_describe(args[1], plural=True)}"
+    base = origin or hint
+    return _PLURALS.get(base, expected) if plural else expected
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """What a type hint expects when the JSON ``value`` cannot match it (None when it can or cannot be judged),
+    for constructors checking the members of a nested config object against a dataclass or signature."""
+    return _type_problem(value, hint)
 
 
 def _understood(hint: Any) -> bool:

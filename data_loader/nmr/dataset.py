@@ -7,8 +7,10 @@ Both yield ``(spectra, clean, index)`` batches: ``spectra`` ``(B, K+1, L)`` floa
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -16,7 +18,7 @@ from base.base_data_loader import BaseDataLoader
 from data_loader.nmr.io import SpectrumGroup, read_directory
 from data_loader.nmr.simulate import SimulationSettings, simulate_ladders
 from utils.errors import DataError
-from utils.registry import DATA_LOADERS
+from utils.registry import DATA_LOADERS, type_problem
 
 # offsets added to the config seed so training, validation and test ladders never coincide
 _VALID_SEED, _TEST_SEED, _EPOCH_SEED = 1_000_003, 2_000_003, 7_919
@@ -45,6 +47,19 @@ class LadderDataset(Dataset):
                             f"{first.sources[0] if first.sources else first.name} has {first.spectra.shape}, "
                             f"{odd.sources[0] if odd.sources else odd.name} has {odd.spectra.shape}. Resample them "
                             "to one grid, or train on each size separately")
+        first = groups[0]
+        for group in groups[1:]:  # one axis is kept for all ladders: a different one must not be dropped silently
+            if (group.ppm is None) != (first.ppm is None):
+                with_axis, without = (first, group) if group.ppm is None else (group, first)
+                raise DataError(f"{source}: {without.sources[0] if without.sources else without.name} has no ppm "
+                                f"axis but {with_axis.sources[0] if with_axis.sources else with_axis.name} has one; "
+                                "give every ladder its ppm axis, or none")
+            if group.ppm is not None and not np.allclose(group.ppm, first.ppm, rtol=0, atol=1e-9 + 1e-6 * np.ptp(
+                    first.ppm)):
+                raise DataError(f"{source}: the ppm axis of {group.sources[0] if group.sources else group.name} "
+                                f"differs from that of {first.sources[0] if first.sources else first.name} (by up to "
+                                f"{np.max(np.abs(group.ppm - first.ppm)):.4g} ppm); ladders batched together must "
+                                "share one axis: resample them to one grid, or train on each separately")
         spectra = torch.stack([torch.as_tensor(g.spectra, dtype=torch.float32) for g in groups])
         length = spectra.shape[-1]
         clean = torch.stack([torch.as_tensor(g.clean, dtype=torch.float32) if g.clean is not None
@@ -52,6 +67,19 @@ class LadderDataset(Dataset):
         ppm = groups[0].ppm
         return cls(spectra, clean, [g.name for g in groups],
                    torch.as_tensor(ppm, dtype=torch.float64) if ppm is not None else None)
+
+
+def _check_simulation(simulation: dict | None) -> None:
+    """The JSON types of ``simulation`` against :class:`SimulationSettings` (unknown keys are its own error)."""
+    if simulation is None:
+        return
+    if not isinstance(simulation, dict):
+        raise ValueError(f'simulation must be an object such as {{"length": 2048, "levels": 4}}, got {simulation!r}')
+    hints = typing.get_type_hints(SimulationSettings)
+    for key, value in simulation.items():
+        problem = type_problem(value, hints[key]) if key in hints else None
+        if problem:
+            raise ValueError(f"simulation.{key} must be {problem}, got {type(value).__name__} {value!r}")
 
 
 @DATA_LOADERS.register()
@@ -75,6 +103,7 @@ class NMRSimulated(BaseDataLoader):
     def __init__(self, batch_size: int = 16, training: bool = True, simulation: dict | None = None,
                  n_train: int = 2048, n_valid: int = 128, n_test: int = 256, test_snr: float | None = 10.0,
                  fresh_each_epoch: bool = False, seed: int = 0, num_workers: int = 0):
+        _check_simulation(simulation)
         self.settings = SimulationSettings.from_dict(simulation)
         if fresh_each_epoch and num_workers:
             raise ValueError("fresh_each_epoch needs num_workers 0: worker processes keep their own copy of the "
@@ -132,6 +161,9 @@ class NMRDirectory(BaseDataLoader):
     def __init__(self, data_dir: str, batch_size: int = 16, training: bool = True, test_dir: str | None = None,
                  levels: int | None = None, validation_split: float | int = 0.1, num_workers: int = 0,
                  split_seed: int = 0):
+        if levels is not None and levels < 2:
+            raise ValueError(f"levels must be K+1 >= 2 (a ladder of at least two SNR levels) or null (whatever the "
+                             f"files hold), got {levels}")
         directory = Path(data_dir if training or test_dir is None else test_dir)
         groups = read_directory(directory, levels=levels)
         dataset = LadderDataset.from_groups(groups, str(directory))

@@ -110,6 +110,14 @@ def _check_axis(values: np.ndarray | None, length: int, where: str, key: str) ->
                         f"store '{key}' as a 1-D array of length {length}")
     if not np.isfinite(values).all():
         raise DataError(f"{where}: '{key}' has {_count_nonfinite(values)}; it must be finite")
+    if key == "ppm":
+        steps = np.diff(values)
+        if (steps >= 0).any():
+            i = int(np.flatnonzero(steps >= 0)[0])
+            how = "increases" if steps[i] > 0 else "does not decrease"
+            raise DataError(f"{where}: 'ppm' {how} at index {i} ({values[i]:.6g} -> {values[i + 1]:.6g}); the axis "
+                            "must decrease strictly along the index (NMR convention: index 0 is the highest shift). "
+                            "Spectra stored from low to high ppm: save spectra[:, ::-1] and ppm[::-1]")
     return values
 
 
@@ -148,20 +156,29 @@ def _load_array(path: Path, key: str | None = None):
     """np.load with pickles refused; every failure becomes a DataError naming ``path``."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):  # np.load would try to unpickle it
+        raise DataError(f"{path}: not a NumPy file (no .npy header or .npz archive: truncated, or another format); "
+                        "save it with np.save / np.savez")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # truncated or corrupt: OSError, ValueError, EOFError, zipfile.BadZipFile, ...
         if "allow_pickle" in str(exc):
             raise DataError(f"{path}: holds an object array, which is refused (it would need unpickling); "
                             "store a plain float array") from exc
-        raise DataError(f"{path}: cannot be read as a NumPy file ({exc}); save it with np.save / np.savez") from exc
+        raise DataError(f"{path}: cannot be read as a NumPy file ({type(exc).__name__}: {exc}); the file is "
+                        "truncated or corrupt, save it again with np.save / np.savez") from exc
     if key is None:
         return loaded
     try:
         return loaded[key]
-    except ValueError as exc:  # object arrays raise here with allow_pickle=False
-        raise DataError(f"{path}: '{key}' is an object array, which is refused (it would need unpickling); "
-                        "store a plain float array") from exc
+    except Exception as exc:  # object arrays raise ValueError here with allow_pickle=False; damaged members others
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: '{key}' is an object array, which is refused (it would need unpickling); "
+                            "store a plain float array") from exc
+        raise DataError(f"{path}: '{key}' cannot be read ({type(exc).__name__}: {exc}); the archive is truncated "
+                        "or corrupt, save it again with np.savez") from exc
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
