@@ -48,3 +48,18 @@ def test_pretrained_file_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read pretrained weights"):
         MODELS.build({"type": "ResNet50", "args": {"num_classes": 9, "pretrained": str(path)}}, ("arch",))
     assert not marker.exists()
+
+
+def test_unet_denoise_in_chunks_equals_one_forward():
+    """UNet1D.denoise splits large CPU batches for speed; every spectrum is denoised on its own, so the result
+    must be that of one forward."""
+    from model.unet1d import UNet1D
+
+    torch.manual_seed(0)
+    model = UNet1D(channels=(8, 16)).eval()
+    spectra = torch.randn(5, 300)
+    with torch.no_grad():
+        whole = model(spectra)
+    chunked = model.denoise(spectra, max_points=2 * 300)  # chunks of 2, 2 and 1 spectra
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert model.denoise(spectra).shape == (5, 300)

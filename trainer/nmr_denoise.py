@@ -191,7 +191,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         """Denoised spectra ``(B, L)`` float32 on the CPU for input spectra ``(B, L)`` (any device, any scale)."""
         self.raw_model.eval()
         with self.autocast():
-            out = self.raw_model(spectra.to(self.device).float())
+            out = self.raw_model.denoise(spectra.to(self.device).float())
         return out.float().cpu()
 
     def references(self, spectra: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, str]:
