@@ -44,7 +44,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     test_time = load_json(args.config)
     if "trainer" not in test_time:
-        raise ConfigError(f'{args.config}: a test-time config needs a "trainer" section naming TestTimeTrainer')
+        raise ConfigError(f'{args.config}: config["trainer"]: missing; a test-time config needs a "trainer" section '
+                          "naming TestTimeTrainer")
     checkpoint = load_checkpoint(args.resume)
     config_dict = merged_config(test_time, checkpoint["config"])
     if args.device:
