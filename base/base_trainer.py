@@ -169,8 +169,8 @@ class BaseTrainer(ABC):
             self._startup_notes.append("sync_batchnorm: one process, nothing to synchronise")
             return module
         if self.device.type != "cuda":
-            raise ConfigError('config["trainer"]["args"]["sync_batchnorm"]: SyncBatchNorm needs CUDA devices '
-                              "(torch has no CPU implementation); set it to false for CPU runs")
+            raise ConfigError(f'{self.config.source}: config["trainer"]["args"]["sync_batchnorm"]: SyncBatchNorm needs '
+                              "CUDA devices (torch has no CPU implementation); set it to false for CPU runs")
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
