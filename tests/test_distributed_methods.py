@@ -5,6 +5,7 @@
   flips and the same weights.
 - Test-time training (``test_training.py`` under torchrun): the test features are gathered from the shards and
   the expert weights / preference, trained outside any DDP model on sharded views, must agree on both ranks.
+- Hypernetwork experts (PRL): every parameter gets a gradient in every step and the ranks agree.
 - Resume: a two-rank run interrupted after epoch 1 and resumed with ``-r latest.pth`` under the same world size
   ends with exactly the weights of an uninterrupted two-rank run.
 
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from trainer.classifier import ClassifierTrainer
+from trainer.hyper_experts import HyperExpertTrainer
 from trainer.lnr import LNRTrainer
 from trainer.test_time import TestTimeTrainer
 from utils import dist
@@ -74,6 +76,20 @@ class RankStateTestTimeTrainer(TestTimeTrainer):
         results = super().adapt_all(*args, **kwargs)
         keep(self.weights_dir, "ttt", {"results": results})
         return results
+
+
+@TRAINERS.register()
+class RankStateHyperExpertTrainer(HyperExpertTrainer):
+    """HyperExpertTrainer saving each rank's weights after training."""
+
+    def __init__(self, config, weights_dir: str, **kwargs):
+        super().__init__(config, **kwargs)
+        self.weights_dir = weights_dir
+
+    def train(self):
+        log = super().train()
+        keep(self.weights_dir, "rank", {"model": self.raw_model.state_dict(), "log": log})
+        return log
 
 
 @TRAINERS.register()
@@ -163,16 +179,34 @@ def _digits(tiny_config: dict):
     return DigitsLT(**tiny_config["data_loader"]["args"])
 
 
-@pytest.fixture
-def expert_checkpoint(tiny_config) -> Path:
+def hyper_config(tiny_config: dict) -> dict:
     config = copy.deepcopy(tiny_config)
     config["name"] = "experts"
     config["arch"] = {"type": "MultiExpertResNet32", "args": {"num_classes": 10, "in_channels": 1, "width": 4,
                                                               "hypernet": {"hidden": 16}}}
     config["loss"] = {"type": "DiverseExpertLoss", "args": {"tau": 2.0, "scalarization": "stch", "mu": 1.0}}
     config["trainer"] = {"type": "HyperExpertTrainer", "args": {**tiny_config["trainer"]["args"], "epochs": 1}}
-    _, parsed = run_training(config, "experts")
+    return config
+
+
+@pytest.fixture
+def expert_checkpoint(tiny_config) -> Path:
+    _, parsed = run_training(hyper_config(tiny_config), "experts")
     return parsed.model_dir / "model_best.pth"
+
+
+@pytest.mark.slow
+def test_hypernetwork_experts_two_cpu_ranks_agree(tiny_config, tmp_path):
+    """PRL's model under DDP: the preference drawn per batch is the same on every rank (same seed), every
+    parameter gets a gradient in every step (DDP fails otherwise), and the ranks end with the same weights."""
+    gloo_or_skip()
+    config = hyper_config(tiny_config)
+    config["trainer"]["type"] = "RankStateHyperExpertTrainer"
+    config["trainer"]["args"].update(epochs=2, save_dir=str(tmp_path / "saved"), weights_dir=str(tmp_path / "ranks"))
+    torchrun(tmp_path, "train.py", "-c", str(write_config(config, tmp_path)), "--run-id", "ddp")
+    rank0, rank1 = rank_states(tmp_path / "ranks", "rank")
+    assert_same_weights(rank0["model"], rank1["model"], "rank 0 vs rank 1 after hypernetwork training")
+    assert {**rank0["log"], "time_s": None} == {**rank1["log"], "time_s": None}
 
 
 @pytest.mark.slow
