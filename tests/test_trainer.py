@@ -278,3 +278,32 @@ def test_resume_with_another_learning_rate_says_it_keeps_the_checkpoints(tiny_co
     _, parsed = run_training(config, None, latest)
     log = (parsed.log_dir / "train.log").read_text()
     assert "config['optimizer'] differs from the checkpoint's" in log and "--init-from" in log
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_step_and_saves_a_plain_checkpoint(tiny_config, tmp_path):
+    """``compile: true`` (torch.compile, inductor on CPU) computes the eager step's loss and gradients, and a
+    compiled run's checkpoints hold the plain module's keys, so test.py loads them without compiling."""
+    from parse_config import ConfigParser
+
+    def first_step(compile_model: bool):
+        tiny_config["trainer"]["args"]["compile"] = compile_model
+        trainer = train.build_trainer(ConfigParser(tiny_config))
+        images, labels, index = trainer.to_device(*next(iter(trainer.data_loader)))
+        trainer.raw_model.train()
+        loss = trainer.training_loss(images, labels, index)
+        loss.backward()
+        return float(loss.detach()), trainer.raw_model
+
+    (eager_loss, eager), (compiled_loss, compiled) = first_step(False), first_step(True)
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-3 * float(a.grad.abs().max()), msg=name)
+
+    tiny_config["trainer"]["args"].update(epochs=1, compile=True)
+    run(tiny_config, "compiled")
+    best = load_checkpoint(tmp_path / "saved" / "models" / "tiny" / "compiled" / "model_best.pth")
+    assert not any("_orig_mod" in key for key in best["model"])
+    plain = train.build_trainer(ConfigParser(best["config"] | {"trainer": {
+        **best["config"]["trainer"], "args": {**best["config"]["trainer"]["args"], "compile": False}}}))
+    plain.raw_model.load_state_dict(best["model"])  # strict: every key of the uncompiled model
