@@ -2,10 +2,17 @@
 torchvision's layout; no download)."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_split(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,3 +60,35 @@ def run_training(config: dict, run_id: str | None, resume: Path | None = None):
     trainer.train()
     trainer.close()
     return trainer, parsed
+
+
+def assert_same_state(a, b, where: str = "state") -> None:
+    """Bit-identical nested checkpoint contents (tensors, dicts, lists, plain values); ``where`` names the entry."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def torchrun(plugin_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 <script> <args>`` from the repository root, one thread per rank,
+    with ``plugin_dir`` importable (where a test wrote its plugin); it must exit 0 within 300 s."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(plugin_dir), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in {err.timeout} s (a rank waiting on a collective?)\n"
+                    f"stdout:\n{err.stdout}\nstderr:\n{err.stderr}")
+    assert done.returncode == 0, f"torchrun exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done

@@ -17,9 +17,10 @@ Anything else (TypeError, KeyError, an assertion, a crash) fails, and so does an
 the working directory, under ``save_dir`` or next to the data. The test-time configs (test_time_*.json) are
 mutated and then merged over the training config they adapt, as test_training.py does.
 
-The draws are derandomized so that CI sees the same mutations on every run; to explore others, remove
-``derandomize`` locally (or raise ``max_examples``) and run ``python -m pytest tests/test_config_fuzz.py -m slow
---hypothesis-seed N``.
+The draws are derandomized so that CI sees the same mutations on every run (2 + 6 per config). For a deep
+pass, ``FUZZ_EXAMPLES=300 python -m pytest tests/test_config_fuzz.py -k many`` draws 300 mutations of
+every config (about an hour on 2 cores); to explore other draws, remove ``derandomize`` locally and add
+``--hypothesis-seed N``.
 """
 from __future__ import annotations
 
@@ -229,8 +230,8 @@ def test_mutated_config_fails_cleanly_or_builds(path, generated, tmp_path, monke
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-          derandomize=True)
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "6")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_config_fails_cleanly_or_builds_many(path, generated, tmp_path, monkeypatch, data):
     fuzz(path, generated, tmp_path, monkeypatch, data)

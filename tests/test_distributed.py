@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fixtures import torchrun
 
 import train
 from parse_config import ConfigParser
@@ -102,18 +101,8 @@ def launch(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     config["trainer"]["args"].update(save_dir=str(tmp_path / "saved"), tensorboard=False, progress_bar=False)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "train.py", "-c", str(path), "--run-id", "ddp",
-               "--set", f"trainer.args.weights_dir={tmp_path / 'ranks'}"]
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"torchrun did not finish in {err.timeout} s (a rank waiting on a collective?)\n"
-                    f"stdout:\n{err.stdout}\nstderr:\n{err.stderr}")
-    assert done.returncode == 0, f"torchrun exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    return done
+    return torchrun(tmp_path, "train.py", "-c", str(path), "--run-id", "ddp",
+                    "--set", f"trainer.args.weights_dir={tmp_path / 'ranks'}")
 
 
 def load_ranks(tmp_path: Path, kind: str) -> tuple[dict, dict]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+import fixtures
 import pytest
 import torch
 from fixtures import run_training
@@ -116,16 +115,7 @@ class InterruptedClassifierTrainer(ClassifierTrainer):
 def torchrun(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 <script> <args>`` with the plugin importable; must exit 0."""
     (tmp_path / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE, encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"torchrun did not finish in {err.timeout} s (a rank waiting on a collective?)\n"
-                    f"stdout:\n{err.stdout}\nstderr:\n{err.stderr}")
-    assert done.returncode == 0, f"torchrun exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    return done
+    return fixtures.torchrun(tmp_path, script, *args)
 
 
 def write_config(config: dict, tmp_path: Path, name: str = "config.json") -> Path:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from fixtures import assert_same_state
 
 from utils.checkpoint import load_checkpoint
 
@@ -299,28 +299,11 @@ def kill_at_random_moments(server: ForkServer, config_path: Path, kills: int, se
     return {"run": run, "mid_write": mid_write, "modes": modes}
 
 
-def assert_same(a, b, where: str = "state") -> None:
-    """Bit-identical nested checkpoint contents."""
-    assert type(a) is type(b), where
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def assert_same_run(resumed: Path, reference: Path) -> None:
     a, b = load_checkpoint(resumed / "latest.pth"), load_checkpoint(reference / "latest.pth")
     assert a["epoch"] == b["epoch"]
     for key in ("model", "optimizer", "lr_scheduler", "rng", "monitor_best", "not_improved"):
-        assert_same(a[key], b[key], key)
+        assert_same_state(a[key], b[key], key)
     best = load_checkpoint(resumed / "model_best.pth")
     assert best["epoch"] <= a["epoch"]
     assert not temporaries(resumed), "temporary files of killed writes were left behind"
@@ -373,7 +356,7 @@ def test_kill_between_best_and_latest_keeps_the_best_weights(server, tmp_path):
     assert load_checkpoint(directory / "latest.pth")["epoch"] == best["epoch"] - 1
     assert load_checkpoint(directory / "model_best.pth")["epoch"] == best["epoch"]
     assert server.run(["-r", str(directory / "latest.pth")]) == 0, server.tail()
-    assert_same(load_checkpoint(directory / "model_best.pth")["model"], best["model"], "model_best")
+    assert_same_state(load_checkpoint(directory / "model_best.pth")["model"], best["model"], "model_best")
 
 
 @pytest.mark.slow

@@ -9,28 +9,12 @@ import textwrap
 
 import pytest
 import torch
-from fixtures import run_training
+from fixtures import assert_same_state, run_training
 
 import train
 import utils.checkpoint as checkpoint_module
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, ConfigError, NonFiniteLossError
-
-
-def assert_same_state(a: dict, b: dict, path="state"):
-    assert type(a) is type(b), path
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_same_state(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def test_three_epochs_equal_two_plus_resume_one(tiny_config, tmp_path):
