@@ -305,7 +305,7 @@ class ConfigParser:
 
     @property
     def save_root(self) -> Path:
-        return Path(self._config["trainer"].get("args", {}).get("save_dir", "saved"))
+        return Path((self._config["trainer"].get("args") or {}).get("save_dir", "saved"))
 
     # --- building ---------------------------------------------------------------------------------
     @contextlib.contextmanager

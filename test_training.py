@@ -12,6 +12,7 @@ split is scored. Prints the table of test_all.py with the learned values; --out 
 from __future__ import annotations
 
 import argparse
+import copy
 
 from parse_config import ConfigParser, deep_merge, load_json
 from test_all import format_table, shot_settings
@@ -29,9 +30,12 @@ def merged_config(test_time: dict, checkpoint_config: dict) -> dict:
     base = {k: v for k, v in checkpoint_config.items()
             if k not in ("trainer", "init_from", "optimizer", "lr_scheduler")}
     merged = deep_merge(base, {k: v for k, v in test_time.items() if k != "trainer"})
-    merged["trainer"] = test_time["trainer"]
-    if isinstance(merged["trainer"], dict) and isinstance(merged["trainer"].setdefault("args", {}), dict):
-        merged["trainer"]["args"].setdefault("tensorboard", False)  # otherwise ConfigParser names the bad value
+    merged["trainer"] = trainer = copy.deepcopy(test_time["trainer"])
+    if isinstance(trainer, dict):  # otherwise ConfigParser names the bad value
+        if trainer.get("args") is None:  # "args": null means no arguments, as everywhere in a config
+            trainer["args"] = {}
+        if isinstance(trainer["args"], dict):
+            trainer["args"].setdefault("tensorboard", False)
     return merged
 
 
@@ -48,7 +52,7 @@ def main(argv=None) -> None:
                           "naming TestTimeTrainer")
     checkpoint = load_checkpoint(args.resume)
     config_dict = merged_config(test_time, checkpoint["config"])
-    if args.device:
+    if args.device and isinstance(config_dict["trainer"], dict) and isinstance(config_dict["trainer"]["args"], dict):
         config_dict["trainer"]["args"]["device"] = args.device
     config = ConfigParser(config_dict, source=f"{args.resume} + {args.config}")
     trainer = build_trainer(config)

@@ -320,11 +320,6 @@ class CIFARLT(TensorBatchLoader):
                             + (f" left after holding back val_per_class={val_per_class}" if len(heldout_idx) else ""))
         n_max = int(pool_counts.min())
         counts = long_tailed_counts(n_max, layout.num_classes, imb_factor)
-        if counts[-1] < 1:
-            empty = [c for c, n in enumerate(counts) if n < 1]
-            raise ValueError(f"imb_factor={imb_factor} with n_max={n_max} images in the largest class leaves "
-                             f"{len(empty)} classes ({empty[0]}..{empty[-1]}) with no training images; use "
-                             f"imb_factor >= {1 / n_max:.3g}")
         train_idx = pool[subsample_per_class(labels[pool], counts, seed=0)]
         self.cls_num_list, self.num_classes, self.n_max = counts, layout.num_classes, n_max
         self._heldout = self._split(images[heldout_idx], labels[heldout_idx]) if len(heldout_idx) else None

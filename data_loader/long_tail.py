@@ -9,13 +9,20 @@ import numpy as np
 def long_tailed_counts(n_max: int, num_classes: int, imb_factor: float) -> list[int]:
     """Images kept per class: ``n_i = int(n_max * imb_factor ** (i / (C - 1)))``, class 0 the largest.
 
-    ``imb_factor`` is n_min / n_max (0.01 is "imbalance ratio 100").
+    ``imb_factor`` is n_min / n_max (0.01 is "imbalance ratio 100"); one so small that a class would keep no
+    image is a ValueError.
     """
     if not 0 < imb_factor <= 1:
         raise ValueError(f"imb_factor must be in (0, 1] (n_min / n_max, e.g. 0.01 for IR 100), got {imb_factor}")
     if num_classes < 2 or n_max < 1:
         raise ValueError(f"need num_classes >= 2 and n_max >= 1, got {num_classes}, {n_max}")
-    return [int(n_max * imb_factor ** (i / (num_classes - 1))) for i in range(num_classes)]
+    counts = [int(n_max * imb_factor ** (i / (num_classes - 1))) for i in range(num_classes)]
+    empty = [c for c, n in enumerate(counts) if n < 1]
+    if empty:
+        raise ValueError(f"imb_factor={imb_factor} with n_max={n_max} images in the largest class leaves "
+                         f"{len(empty)} classes ({empty[0]}..{empty[-1]}) with no training images; use "
+                         f"imb_factor >= {1 / n_max:.3g}")
+    return counts
 
 
 def subsample_per_class(targets: Sequence[int], counts: Sequence[int], seed: int = 0) -> np.ndarray:

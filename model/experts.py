@@ -208,6 +208,8 @@ class MultiExpertResNet32(MultiExpertModel):
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if in_channels < 1 or width < 1:
+            raise ValueError(f"in_channels and width must be >= 1, got {in_channels}, {width}")
         c2, c3 = (width * 3 // 2, width * 3) if reduce_dimension else (2 * width, 4 * width)
         experts = nn.ModuleList(_CifarExpert(width, c2, c3, 5) for _ in range(num_experts))
         super().__init__(_CifarStem(in_channels, width, 5), experts, c3, num_classes, use_norm, scale, hypernet)
@@ -245,6 +247,8 @@ class MultiExpertTorchvisionResNet(MultiExpertModel):
         check_hypernet(hypernet)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained is not None:
             _load_pretrained(net, Path(pretrained))

@@ -246,9 +246,13 @@ BAD_VALUES = [  # (path, value); applied to every config that has the path
     (("data_loader", "args", "imb_factor"), 1.5),
     (("data_loader", "args", "imb_factor"), 0),
     (("data_loader", "args", "imb_factor"), -0.01),
+    (("data_loader", "args", "imb_factor"), 1e-9),  # in range, but the tail classes would keep no image
     (("data_loader", "args", "batch_size"), 0),
     (("arch", "args", "num_experts"), 0),
     (("arch", "args", "num_classes"), 1),
+    (("arch", "args", "num_classes"), -1),
+    (("arch", "args", "in_channels"), -1),
+    (("arch", "args", "width"), 0),
     (("arch", "args", "hypernet"), {"hiden": 8}),
     (("arch", "args", "hypernet"), {"hidden": "128"}),
     (("lr_scheduler", "args", "warmup_epochs"), -1),
@@ -372,3 +376,14 @@ def test_test_time_config_whose_trainer_is_not_an_object_is_a_config_error(gener
     merged = test_training.merged_config(test_time, base)
     with pytest.raises(ConfigError, match=re.escape('config["trainer"]')):
         ConfigParser(merged)
+
+
+@pytest.mark.parametrize("name", sorted(TEST_TIME_BASE))
+def test_test_time_trainer_args_null_means_no_arguments(name, generated, tmp_path, monkeypatch):
+    """``"args": null`` is an empty argument list everywhere, the test-time trainer merged by test_training.py
+    included (found by the deep fuzz pass: the merge used to fail with an AttributeError)."""
+    monkeypatch.chdir(tmp_path)
+    config, base = shipped(ROOT / "configs/experts" / name, generated)
+    config["trainer"]["args"] = None
+    assert check_outcome("trainer args null", ("trainer", "args"), None, config, base, name,
+                         (tmp_path, generated["root"])) == "built"
