@@ -6,11 +6,15 @@ that are not UTF-8, images that are empty or cut short, NMR arrays of the wrong 
 axes, manifests with wrong level values and groups of different lengths. Nothing may be dropped or coerced:
 each case is an error (DataError, or ConfigError for an argument) whose message names the file (and the line
 for lists and manifests).
+
+The draws are derandomized (25 per test, the same in every CI run); ``FUZZ_EXAMPLES=2000 python -m pytest
+tests/test_data_fuzz.py`` is a deep pass.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import re
 
@@ -27,7 +31,8 @@ from data_loader.nmr.io import read_directory, read_manifest, read_npy, read_npz
 from utils.errors import DataError
 from utils.registry import DATA_LOADERS
 
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --- CIFAR pickles (read_cifar_file) ----------------------------------------------------------------------------
