@@ -39,6 +39,10 @@ Rows:
    work once, over the batch).
 6. Scaling: rows 1, 2 and 5 at several batch sizes, and row 5 at several spectrum lengths.
 
+The whole run flushes subnormal floats to zero, as the framework's entry points do (``utils.cli.flush_denormals``),
+so the reference's plain loop gets it too: without it, backward passes on x86 stall for seconds in about half of
+the steps (subnormal gradients), ours and the reference's alike.
+
 Reproduce a figure with the same command on the same machine; numbers, not assertions.
 """
 from __future__ import annotations
@@ -71,6 +75,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import nmr_reference  # noqa: E402
 from benchmarks.cifar_pipeline import ReferenceCIFAR100LT, write_cifar100  # noqa: E402
 from benchmarks.test_all_speed import measure as measure_test_all  # noqa: E402
+from utils.cli import flush_denormals  # noqa: E402
 
 HYPER_CONFIG = ROOT / "configs" / "experts" / "cifar100_ir100_hyper.json"
 NMR_LENGTH = 16384
@@ -595,6 +600,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference (default 2)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("KIND", "NPY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    flush_denormals()  # as train.py does, for both variants: the process's threads start after this
     if args.memory_probe:
         torch.set_num_threads(args.threads or torch.get_num_threads())
         memory_probe(*args.memory_probe)

@@ -52,3 +52,20 @@ def test_list_shows_registered_names(tmp_path):
     every = cli(str(ROOT / "train.py"), "--list", cwd=tmp_path)
     for name in ("DigitsLT", "CrossEntropy", "shot_accuracy", "ClassifierTrainer", "SGD", "WarmupMultiStepLR"):
         assert name in every.stdout
+
+
+def test_entry_points_flush_denormals_in_every_intra_op_thread(tmp_path):
+    """run_cli (every entry point) flushes subnormal floats before torch starts its threads: a product that is
+    subnormal comes out zero in every chunk of a parallel operation, not only in the main thread's."""
+    probe = ("import torch; from utils.cli import run_cli; torch.set_num_threads(2)\n"
+             "def main():\n"
+             "    x = torch.full((1 << 22,), 1e-30) * 1e-9\n"  # 1e-39 is subnormal in float32
+             "    print(int(x.count_nonzero()))\n"
+             "run_cli(main)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    plain = subprocess.run([sys.executable, "-c", probe.replace("run_cli(main)", "main()")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    if plain.stdout.strip() == "0":
+        pytest.skip("this CPU flushes subnormals by default")
+    assert done.stdout.strip() == "0"

@@ -8,11 +8,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from utils import dist
 from utils.errors import ConfigError, FrameworkError
 
 
+def flush_denormals() -> None:
+    """Flush subnormal floats to zero on the CPU (x86 with SSE3, AArch64), in this thread and the threads it starts.
+
+    A backward pass whose gradients hold subnormal values (below 1.2e-38 in float32) runs an order of magnitude
+    slower on x86: a ResNet-32 backward at batch 64 took 1.7-3 s instead of 0.17 s in about half of the steps.
+    Threads inherit the mode when they start and keep their own afterwards, so this must run before torch starts
+    its intra-op thread pool (the first parallel operation): ``run_cli`` calls it first. Values this small carry
+    nothing a network can use; CUDA is not affected.
+    """
+    torch.set_flush_denormal(True)
+
+
 def run_cli(main: Callable[[], Any]) -> None:
+    """Run an entry point's ``main``: denormals flushed, user errors as one line and exit 2, ^C as exit 130."""
+    flush_denormals()
     try:
         main()
     except FrameworkError as err:
