@@ -63,6 +63,10 @@ class BaseTrainer(ABC):
     """
 
     required_sections: tuple[str, ...] = ()  # config sections a subclass cannot work without
+    # False for trainers whose model is (mostly) frozen and which train a few parameters beside it (LNR's
+    # classifier, test-time weights): DDP refuses a module without trainable parameters, so backward_step
+    # averages those gradients over the ranks instead
+    wrap_in_ddp: bool = True
 
     def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
                  early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
@@ -107,10 +111,7 @@ class BaseTrainer(ABC):
         if sync_batchnorm:
             self.raw_model = self._sync_batchnorm(self.raw_model)
         self.model = self._wrap_model(self.raw_model, compile)
-        # parameters trained outside a DDP wrapper (LNR's classifier, test-time weights) get their gradients
-        # averaged by backward_step; evaluation runs outside DDP, so its shards may differ in length
-        self._average_gradients = dist.is_distributed() and not isinstance(
-            getattr(self.model, "_orig_mod", self.model), nn.parallel.DistributedDataParallel)
+        # evaluation runs outside DDP, so its shards may differ in length
         if self.model is self.raw_model or not dist.is_distributed():
             self.eval_model = self.model
         else:
@@ -174,9 +175,10 @@ class BaseTrainer(ABC):
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
-        """The model the training step calls: DDP under torchrun, then ``torch.compile`` when asked."""
+        """The model the training step calls: DDP under torchrun (see ``wrap_in_ddp``), then ``torch.compile``
+        when asked."""
         wrapped = module
-        if dist.is_distributed():
+        if dist.is_distributed() and self.wrap_in_ddp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids)
         if compile_model:
@@ -259,7 +261,7 @@ class BaseTrainer(ABC):
         self._bad_batch = torch.where(bad & (self._bad_batch < 0), torch.full_like(self._bad_batch, batch_idx),
                                       self._bad_batch)
         self.grad_scaler.scale(loss).backward()
-        if self._average_gradients:
+        if not self.wrap_in_ddp:  # no-op in one process
             dist.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if self.grad_clip is not None:
             self.grad_scaler.unscale_(self.optimizer)

@@ -5,7 +5,6 @@ from collections import Counter
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from model.lnr_methods import draw_flips, flip_rates
 from trainer.classifier import ClassifierTrainer
@@ -44,6 +43,8 @@ class LNRTrainer(ClassifierTrainer):
         All other arguments are BaseTrainer's.
     """
 
+    wrap_in_ddp = False  # only the head trains
+
     def __init__(self, config, lr_factor: float = 0.2, shift_bn: bool = True, flip: bool = True,
                  flip_passes: int = 2, flip_threshold: float | None = None, flip_seed: int = 0,
                  flip_mode: Literal["eval", "released"] = "eval", **kwargs):
@@ -79,10 +80,6 @@ class LNRTrainer(ClassifierTrainer):
             groups.append({"params": list(model.lws.parameters()), "lr": lr})
         return groups
 
-    def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
-        # no DDP wrapper: only the head trains (backward_step averages its gradients over the ranks);
-        # torch.compile still applies
-        return torch.compile(module) if compile_model else module
 
     # --- label-noise rebalancing ------------------------------------------------------------------
     def _flip_loader(self):

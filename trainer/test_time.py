@@ -32,6 +32,7 @@ class TestTimeTrainer(BaseTrainer):
     """
 
     required_sections = ("optimizer",)  # SADE: SGD lr 0.1
+    wrap_in_ddp = False  # the model is frozen; only the expert weights and preference train
 
     def __init__(self, config, epochs: int = 5, min_weight: float = 0.05,
                  protocol: Literal["transductive", "split_half"] = "transductive", learn_weights: bool = True,
@@ -45,11 +46,6 @@ class TestTimeTrainer(BaseTrainer):
             raise ConfigError(f'{config.source}: config["arch"]: test-time training adapts a multi-expert model '
                               f"(MultiExpertResNet32, ...), got {type(self.raw_model).__name__}")
         self.raw_model.requires_grad_(False)
-
-    def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
-        # the model is frozen (DDP refuses a module without trainable parameters); under torchrun the learned
-        # weights' gradients are averaged over the ranks by backward_step
-        return torch.compile(module) if compile_model else module
 
     # --- what is learned --------------------------------------------------------------------------
     def parameter_groups(self):
