@@ -79,11 +79,11 @@ def assert_same_state(a, b, where: str = "state") -> None:
         assert a == b, where
 
 
-def torchrun(plugin_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+def torchrun(script: str, *args: str) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 <script> <args>`` from the repository root, one thread per rank,
-    with ``plugin_dir`` importable (where a test wrote its plugin); it must exit 0 within 300 s."""
+    with tests/ importable so a config's plugins can name ``ddp_plugin``; it must exit 0 within 300 s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(plugin_dir), *filter(None, [os.environ.get("PYTHONPATH")])])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -92,3 +92,12 @@ def torchrun(plugin_dir: Path, script: str, *args: str) -> subprocess.CompletedP
                     f"stdout:\n{err.stdout}\nstderr:\n{err.stderr}")
     assert done.returncode == 0, f"torchrun exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return done
+
+
+def rank_states(folder: Path, kind: str) -> tuple[dict, dict]:
+    """The two ranks' ``<kind><rank>.pt`` files that tests/ddp_plugin.py's trainers wrote into ``folder``."""
+    saved = [folder / f"{kind}{r}.pt" for r in (0, 1)]
+    assert all(p.exists() for p in saved), sorted(p.name for p in folder.iterdir()) if folder.exists() else folder
+    rank0, rank1 = (torch.load(p, weights_only=True) for p in saved)
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    return rank0, rank1

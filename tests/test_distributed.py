@@ -7,11 +7,12 @@ directory with one set of files (``config.json``, ``latest.pth``, ``model_best.p
 ``train.log``); each epoch logged once; the checkpoint records world_size 2; the ranks end training with identical
 weights (parameters and buffers, equal to ``latest.pth``) and identical epoch logs; both ranks' final tests use the
 same weights and report the same result; and the validation and test results reduced over the two shards equal one
-process scoring the whole sets with the same weights (the NMR sets have odd sizes, so DistributedSampler pads).
+process scoring the whole sets with the same weights (the NMR sets have odd sizes, so the evaluation shards differ
+in length and each spectrum must be counted once).
 
-Each rank's weights and results come from a plugin written here, the framework's supported way to add code
-(README, "Add your own plugin"): trainer subclasses that save them after ``train()`` and ``test()``. Nothing in
-the framework knows about this test.
+Each rank's weights and results come from the plugin tests/ddp_plugin.py, the framework's supported way to add
+code (README, "Add your own plugin"): trainer subclasses that save them after ``train()`` and ``test()``. Nothing
+in the framework knows about this test.
 """
 from __future__ import annotations
 
@@ -22,56 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import torchrun
+from fixtures import rank_states, torchrun
 
 import train
 from parse_config import ConfigParser
 from tests.test_nmr_trainer import TINY_NMR
 from utils.checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = "ddp_rank_weights"
-PLUGIN_SOURCE = '''"""Trainers that save each rank's final weights and epoch log (<weights_dir>/rank<R>.pt) and its
-test result (<weights_dir>/test<R>.pt), for tests/test_distributed.py."""
-from pathlib import Path
-
-import torch
-
-from trainer.classifier import ClassifierTrainer
-from trainer.nmr_denoise import NMRDenoiseTrainer
-from utils import dist
-from utils.registry import TRAINERS
-
-
-class SavesRanks:
-    def __init__(self, config, weights_dir: str, **kwargs):
-        super().__init__(config, **kwargs)
-        self.weights_dir = Path(weights_dir)
-
-    def _keep(self, kind, content):
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({**content, "world_size": dist.world_size()}, self.weights_dir / f"{kind}{dist.rank()}.pt")
-
-    def train(self):
-        log = super().train()
-        self._keep("rank", {"model": self.raw_model.state_dict(), "log": log})
-        return log
-
-    def test(self, *args, **kwargs):
-        result = super().test(*args, **kwargs)
-        self._keep("test", {"result": result, "model": self.raw_model.state_dict()})
-        return result
-
-
-@TRAINERS.register()
-class RankWeightsClassifierTrainer(SavesRanks, ClassifierTrainer):
-    """ClassifierTrainer that saves each rank's weights, epoch log and test result."""
-
-
-@TRAINERS.register()
-class RankWeightsNMRDenoiseTrainer(SavesRanks, NMRDenoiseTrainer):
-    """NMRDenoiseTrainer that saves each rank's weights, epoch log and test result."""
-'''
 
 
 def classifier_config(tiny_config: dict, validation: bool) -> dict:
@@ -85,7 +42,7 @@ def classifier_config(tiny_config: dict, validation: bool) -> dict:
 
 def nmr_config() -> dict:
     config = copy.deepcopy(TINY_NMR)
-    # odd validation and test sizes: DistributedSampler pads the shards with repeated spectra
+    # odd validation and test sizes: shards of unequal length, every spectrum scored once over the ranks
     config["data_loader"]["args"].update(n_train=24, n_valid=7, n_test=5, fresh_each_epoch=True)
     config["lr_scheduler"]["args"]["warmup_epochs"] = 0
     config["trainer"]["args"].update(epochs=2, phase_a_epochs=1, test_after_training=True)
@@ -93,24 +50,15 @@ def nmr_config() -> dict:
 
 
 def launch(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run ``torchrun --standalone --nproc_per_node 2 train.py`` on ``config`` with the plugin's trainer."""
-    (tmp_path / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE, encoding="utf-8")
+    """Run ``torchrun --standalone --nproc_per_node 2 train.py`` on ``config`` with ddp_plugin's trainer."""
     config = copy.deepcopy(config)
-    config["plugins"] = [PLUGIN]
+    config["plugins"] = ["ddp_plugin"]
     config["trainer"]["type"] = "RankWeights" + config["trainer"]["type"]
     config["trainer"]["args"].update(save_dir=str(tmp_path / "saved"), tensorboard=False, progress_bar=False)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return torchrun(tmp_path, "train.py", "-c", str(path), "--run-id", "ddp",
+    return torchrun("train.py", "-c", str(path), "--run-id", "ddp",
                     "--set", f"trainer.args.weights_dir={tmp_path / 'ranks'}")
-
-
-def load_ranks(tmp_path: Path, kind: str) -> tuple[dict, dict]:
-    saved = [tmp_path / "ranks" / f"{kind}{r}.pt" for r in (0, 1)]
-    assert all(p.exists() for p in saved), sorted(p.name for p in (tmp_path / "ranks").iterdir())
-    rank0, rank1 = (torch.load(p, weights_only=True) for p in saved)
-    assert rank0["world_size"] == rank1["world_size"] == 2
-    return rank0, rank1
 
 
 def assert_same_weights(a: dict, b: dict, what: str) -> None:
@@ -155,13 +103,13 @@ def check_run(config: dict, tmp_path: Path, done: subprocess.CompletedProcess) -
     latest = load_checkpoint(run / "latest.pth")
     assert latest["world_size"] == 2 and latest["epoch"] == 2
     # the ranks end training with identical weights (parameters and buffers), which latest.pth holds
-    rank0, rank1 = load_ranks(tmp_path, "rank")
+    rank0, rank1 = rank_states(tmp_path / "ranks", "rank")
     assert_same_weights(rank0["model"], rank1["model"], "rank 0 vs rank 1 after training")
     assert_same_weights(rank0["model"], latest["model"], "rank 0 vs latest.pth")
     # and agree on every logged value but the time: validation is reduced over the shards, so monitor decisions match
     assert {**rank0["log"], "time_s": None} == {**rank1["log"], "time_s": None}
     # the final test (train.py's test_after_training) ran on both ranks with the same weights and result
-    test0, test1 = load_ranks(tmp_path, "test")
+    test0, test1 = rank_states(tmp_path / "ranks", "test")
     tested = run / ("model_best.pth" if monitored else "latest.pth")
     assert_same_weights(test0["model"], test1["model"], "rank 0 vs rank 1 in the final test")
     assert_same_weights(test0["model"], load_checkpoint(tested)["model"], f"final test vs {tested.name}")

@@ -9,19 +9,18 @@
 - Resume: a two-rank run interrupted after epoch 1 and resumed with ``-r latest.pth`` under the same world size
   ends with exactly the weights of an uninterrupted two-rank run.
 
-As in tests/test_distributed.py, each rank's state comes from plugin trainers (the supported way to add code).
+As in tests/test_distributed.py, each rank's state comes from the plugin trainers of tests/ddp_plugin.py (the
+supported way to add code).
 """
 from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 
-import fixtures
 import pytest
 import torch
-from fixtures import run_training
+from fixtures import rank_states, run_training, torchrun
 
 from parse_config import load_json
 from tests.test_distributed import assert_same_weights, classifier_config, gloo_or_skip
@@ -29,117 +28,24 @@ from tests.test_lnr import stage1, stage2_config  # noqa: F401  (stage1 is a fix
 from utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = "ddp_method_ranks"
-PLUGIN_SOURCE = '''"""Trainers saving each rank's state (<weights_dir>/<kind><rank>.pt) for this test module."""
-import os
-from pathlib import Path
-
-import torch
-
-from trainer.classifier import ClassifierTrainer
-from trainer.hyper_experts import HyperExpertTrainer
-from trainer.lnr import LNRTrainer
-from trainer.test_time import TestTimeTrainer
-from utils import dist
-from utils.registry import TRAINERS
-
-
-def keep(weights_dir, kind, content):
-    Path(weights_dir).mkdir(parents=True, exist_ok=True)
-    torch.save({**content, "world_size": dist.world_size()}, Path(weights_dir) / f"{kind}{dist.rank()}.pt")
-
-
-@TRAINERS.register()
-class RankStateLNRTrainer(LNRTrainer):
-    """LNRTrainer saving each rank's weights and flips after training."""
-
-    def __init__(self, config, weights_dir: str, **kwargs):
-        super().__init__(config, **kwargs)
-        self.weights_dir = weights_dir
-
-    def train(self):
-        log = super().train()
-        keep(self.weights_dir, "rank", {"model": self.raw_model.state_dict(), "flipped": self.flipped})
-        return log
-
-
-@TRAINERS.register()
-class RankStateTestTimeTrainer(TestTimeTrainer):
-    """TestTimeTrainer saving each rank's adapted results."""
-
-    def __init__(self, config, weights_dir: str, **kwargs):
-        super().__init__(config, **kwargs)
-        self.weights_dir = weights_dir
-
-    def adapt_all(self, *args, **kwargs):
-        results = super().adapt_all(*args, **kwargs)
-        keep(self.weights_dir, "ttt", {"results": results})
-        return results
-
-
-@TRAINERS.register()
-class RankStateHyperExpertTrainer(HyperExpertTrainer):
-    """HyperExpertTrainer saving each rank's weights after training."""
-
-    def __init__(self, config, weights_dir: str, **kwargs):
-        super().__init__(config, **kwargs)
-        self.weights_dir = weights_dir
-
-    def train(self):
-        log = super().train()
-        keep(self.weights_dir, "rank", {"model": self.raw_model.state_dict(), "log": log})
-        return log
-
-
-@TRAINERS.register()
-class InterruptedClassifierTrainer(ClassifierTrainer):
-    """ClassifierTrainer that ends the process right after saving epoch ``stop_after`` (0: never), as a kill
-    between epochs would, and saves each rank's final weights when it completes."""
-
-    def __init__(self, config, weights_dir: str, stop_after: int = 0, **kwargs):
-        super().__init__(config, **kwargs)
-        self.weights_dir, self.stop_after = weights_dir, stop_after
-
-    def _save(self, epoch, improved):
-        super()._save(epoch, improved)
-        if epoch == self.stop_after:
-            os._exit(0)
-
-    def train(self):
-        log = super().train()
-        keep(self.weights_dir, "rank", {"model": self.raw_model.state_dict()})
-        return log
-'''
-
-
-def torchrun(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 <script> <args>`` with the plugin importable; must exit 0."""
-    (tmp_path / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE, encoding="utf-8")
-    return fixtures.torchrun(tmp_path, script, *args)
 
 
 def write_config(config: dict, tmp_path: Path, name: str = "config.json") -> Path:
     config = copy.deepcopy(config)
-    config["plugins"] = [PLUGIN]
+    config["plugins"] = ["ddp_plugin"]
     config["trainer"]["args"].update(tensorboard=False, progress_bar=False)
     path = tmp_path / name
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
 
 
-def rank_states(folder: Path, kind: str) -> tuple[dict, dict]:
-    rank0, rank1 = (torch.load(folder / f"{kind}{r}.pt", weights_only=True) for r in (0, 1))
-    assert rank0["world_size"] == rank1["world_size"] == 2
-    return rank0, rank1
-
-
 @pytest.mark.slow
 def test_lnr_two_cpu_ranks_share_flips_and_weights(tiny_config, stage1, tmp_path):  # noqa: F811
     gloo_or_skip()
     config = stage2_config(tiny_config, stage1)
-    config["trainer"]["type"] = "RankStateLNRTrainer"
+    config["trainer"]["type"] = "RankWeightsLNRTrainer"
     config["trainer"]["args"].update(save_dir=str(tmp_path / "saved"), weights_dir=str(tmp_path / "ranks"))
-    torchrun(tmp_path, "train.py", "-c", str(write_config(config, tmp_path)), "--run-id", "ddp")
+    torchrun("train.py", "-c", str(write_config(config, tmp_path)), "--run-id", "ddp")
     rank0, rank1 = rank_states(tmp_path / "ranks", "rank")
     # the flip statistics were gathered from both shards: one set of flips, towards rarer classes
     assert torch.equal(rank0["flipped"], rank1["flipped"])
@@ -191,9 +97,9 @@ def test_hypernetwork_experts_two_cpu_ranks_agree(tiny_config, tmp_path):
     parameter gets a gradient in every step (DDP fails otherwise), and the ranks end with the same weights."""
     gloo_or_skip()
     config = hyper_config(tiny_config)
-    config["trainer"]["type"] = "RankStateHyperExpertTrainer"
+    config["trainer"]["type"] = "RankWeightsHyperExpertTrainer"
     config["trainer"]["args"].update(epochs=2, save_dir=str(tmp_path / "saved"), weights_dir=str(tmp_path / "ranks"))
-    torchrun(tmp_path, "train.py", "-c", str(write_config(config, tmp_path)), "--run-id", "ddp")
+    torchrun("train.py", "-c", str(write_config(config, tmp_path)), "--run-id", "ddp")
     rank0, rank1 = rank_states(tmp_path / "ranks", "rank")
     assert_same_weights(rank0["model"], rank1["model"], "rank 0 vs rank 1 after hypernetwork training")
     assert {**rank0["log"], "time_s": None} == {**rank1["log"], "time_s": None}
@@ -203,9 +109,9 @@ def test_hypernetwork_experts_two_cpu_ranks_agree(tiny_config, tmp_path):
 def test_test_time_training_two_cpu_ranks_agree(expert_checkpoint, tmp_path):
     gloo_or_skip()
     test_time = load_json(ROOT / "configs/experts/test_time_quickstart_digits.json")
-    test_time["trainer"]["type"] = "RankStateTestTimeTrainer"
+    test_time["trainer"]["type"] = "RankWeightsTestTimeTrainer"
     test_time["trainer"]["args"].update(epochs=2, weights_dir=str(tmp_path / "ranks"))
-    done = torchrun(tmp_path, "test_training.py", "-c", str(write_config(test_time, tmp_path)),
+    done = torchrun("test_training.py", "-c", str(write_config(test_time, tmp_path)),
                     "-r", str(expert_checkpoint), "-d", "cpu")
     rank0, rank1 = rank_states(tmp_path / "ranks", "ttt")
     assert rank0["results"].keys() == rank1["results"].keys() and len(rank0["results"]) == 11
@@ -222,13 +128,13 @@ def test_resume_under_the_same_world_size_is_exact(tiny_config, tmp_path):
     config["trainer"]["type"] = "InterruptedClassifierTrainer"
     config["trainer"]["args"].update(save_dir=str(tmp_path / "saved"))
     path = write_config(config, tmp_path)
-    torchrun(tmp_path, "train.py", "-c", str(path), "--run-id", "whole",
+    torchrun("train.py", "-c", str(path), "--run-id", "whole",
              "--set", f"trainer.args.weights_dir={tmp_path / 'whole'}")
-    torchrun(tmp_path, "train.py", "-c", str(path), "--run-id", "cut",
+    torchrun("train.py", "-c", str(path), "--run-id", "cut",
              "--set", f"trainer.args.weights_dir={tmp_path / 'cut'}", "--set", "trainer.args.stop_after=1")
     run = tmp_path / "saved" / "models" / config["name"] / "cut"
     assert load_checkpoint(run / "latest.pth")["epoch"] == 1 and not (tmp_path / "cut").exists()
-    torchrun(tmp_path, "train.py", "-r", str(run / "latest.pth"), "--set", "trainer.args.stop_after=0")
+    torchrun("train.py", "-r", str(run / "latest.pth"), "--set", "trainer.args.stop_after=0")
     whole0, whole1 = rank_states(tmp_path / "whole", "rank")
     resumed0, resumed1 = rank_states(tmp_path / "cut", "rank")
     assert_same_weights(resumed0["model"], resumed1["model"], "rank 0 vs rank 1 after resuming")
