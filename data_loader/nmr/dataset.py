@@ -39,27 +39,22 @@ class LadderDataset(Dataset):
     @classmethod
     def from_groups(cls, groups: list[SpectrumGroup], source: str) -> LadderDataset:
         """Stack groups read from disk; they must share K+1 and L to be batched (any L works in test.py)."""
-        shapes = {g.spectra.shape for g in groups}
-        if len(shapes) > 1:
-            first = groups[0]
-            odd = next(g for g in groups if g.spectra.shape != first.spectra.shape)
-            raise DataError(f"{source}: ladders must share one shape (levels, points) to be batched for training; "
-                            f"{first.sources[0] if first.sources else first.name} has {first.spectra.shape}, "
-                            f"{odd.sources[0] if odd.sources else odd.name} has {odd.spectra.shape}. Resample them "
-                            "to one grid, or train on each size separately")
         first = groups[0]
+        odd = next((g for g in groups if g.spectra.shape != first.spectra.shape), None)
+        if odd is not None:
+            raise DataError(f"{source}: ladders must share one shape (levels, points) to be batched for training; "
+                            f"{first.origin} has {first.spectra.shape}, {odd.origin} has {odd.spectra.shape}. "
+                            "Resample them to one grid, or train on each size separately")
         for group in groups[1:]:  # one axis is kept for all ladders: a different one must not be dropped silently
             if (group.ppm is None) != (first.ppm is None):
                 with_axis, without = (first, group) if group.ppm is None else (group, first)
-                raise DataError(f"{source}: {without.sources[0] if without.sources else without.name} has no ppm "
-                                f"axis but {with_axis.sources[0] if with_axis.sources else with_axis.name} has one; "
-                                "give every ladder its ppm axis, or none")
-            if group.ppm is not None and not np.allclose(group.ppm, first.ppm, rtol=0, atol=1e-9 + 1e-6 * np.ptp(
-                    first.ppm)):
-                raise DataError(f"{source}: the ppm axis of {group.sources[0] if group.sources else group.name} "
-                                f"differs from that of {first.sources[0] if first.sources else first.name} (by up to "
-                                f"{np.max(np.abs(group.ppm - first.ppm)):.4g} ppm); ladders batched together must "
-                                "share one axis: resample them to one grid, or train on each separately")
+                raise DataError(f"{source}: {without.origin} has no ppm axis but {with_axis.origin} has one; give "
+                                "every ladder its ppm axis, or none")
+            tolerance = 1e-9 + 1e-6 * np.ptp(first.ppm) if first.ppm is not None else 0
+            if group.ppm is not None and not np.allclose(group.ppm, first.ppm, rtol=0, atol=tolerance):
+                raise DataError(f"{source}: the ppm axis of {group.origin} differs from that of {first.origin} (by "
+                                f"up to {np.max(np.abs(group.ppm - first.ppm)):.4g} ppm); ladders batched together "
+                                "must share one axis: resample them to one grid, or train on each separately")
         spectra = torch.stack([torch.as_tensor(g.spectra, dtype=torch.float32) for g in groups])
         length = spectra.shape[-1]
         clean = torch.stack([torch.as_tensor(g.clean, dtype=torch.float32) if g.clean is not None

@@ -18,13 +18,13 @@ import torch
 
 from data_loader.nmr.preprocess import (
     MAD_TO_SIGMA,
-    _mad,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
     estimate_shift,
     fourier_shift,
     local_shifts,
+    median_and_mad,
     pack_masked,
     peak_mask,
     robust_scale,
@@ -109,7 +109,7 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
 
     σ defaults to the robust 1.4826·MAD on the baseline. Rows without peak points give 0.
     """
-    base, mad = _mad(spectra, baseline)
+    base, mad = median_and_mad(spectra, baseline)
     return _snr(spectra, peaks, base, MAD_TO_SIGMA * mad if sigma is None else sigma)
 
 
@@ -160,7 +160,7 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
         scales = torch.ones(batch, levels, device=x.device)
     level_base = baseline.repeat_interleave(levels, 0)
     flat = x.reshape(batch * levels, length)
-    base, mad = _mad(flat, level_base)   # one pass gives plan_snr's baseline level and robust_sigma's σ
+    base, mad = median_and_mad(flat, level_base)   # one pass gives plan_snr's baseline level and robust_sigma's σ
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
     snr = _snr(flat, peaks.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)

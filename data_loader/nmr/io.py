@@ -69,6 +69,11 @@ class SpectrumGroup:
     clean: np.ndarray | None = None
     sources: list[str] = field(default_factory=list)
 
+    @property
+    def origin(self) -> str:
+        """What to call the group in a message: its first file, or its name."""
+        return self.sources[0] if self.sources else self.name
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # array checks

@@ -36,7 +36,7 @@ def pack_masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                                                                    device=values.device))
 
 
-def _mad(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def median_and_mad(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and median absolute deviation per row (over ``mask`` where given)."""
     if mask is None:
         median = values.median(dim=1, keepdim=True).values
@@ -55,7 +55,7 @@ def peak_mask(spectra: torch.Tensor, alpha: float = 5.0, window: int = 11, order
     """Points belonging to peaks, ``(B, L)`` bool: the Savitzky-Golay-smoothed spectrum exceeds its median by
     more than ``alpha`` times the MAD-based noise level of the raw spectrum, dilated by ``dilate`` points."""
     smooth = savgol_smooth(spectra, window, order)
-    median, mad = _mad(spectra)
+    median, mad = median_and_mad(spectra)
     noise = MAD_TO_SIGMA * mad
     # the smoothed spectrum has less noise: compare against the noise it keeps, plus the raw median
     gain = float(torch.as_tensor(savgol_coeffs(window, order)).pow(2).sum().sqrt())
@@ -75,7 +75,7 @@ def robust_sigma(spectra: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     """Noise standard deviation per spectrum, ``1.4826 * MAD`` over ``mask`` (default: baseline points)."""
     if mask is None:
         mask = baseline_mask(peak_mask(spectra))
-    return MAD_TO_SIGMA * _mad(spectra, mask)[1]
+    return MAD_TO_SIGMA * median_and_mad(spectra, mask)[1]
 
 
 def _working_dtype(spectra: torch.Tensor) -> torch.dtype:
@@ -212,7 +212,7 @@ def robust_scale(spectra: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
     on it: a mask chosen on the noisy spectrum picks the points where its noise is positive and biases the
     scale (by 2% at peak SNR 12).
     """
-    noise = MAD_TO_SIGMA * _mad(spectra)[1].double()
+    noise = MAD_TO_SIGMA * median_and_mad(spectra)[1].double()
     # only the mask points take part: pack them once (N, W) and iterate on those
     x = pack_masked(spectra, mask).double()
     y = pack_masked(reference.expand_as(spectra), mask).double()
