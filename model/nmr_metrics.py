@@ -181,7 +181,7 @@ def _masks_at(reference: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     return peak, baseline
 
 
-def reference_masks(reference: np.ndarray, noisy_input: np.ndarray, threshold_sigma: float = 5.0,
+def reference_masks(*, reference: np.ndarray, noisy_input: np.ndarray, threshold_sigma: float = 5.0,
                     min_rel_height: float = 0.02) -> tuple[np.ndarray, np.ndarray, float, float | None]:
     """Peak mask, baseline mask (bool, ``(L,)``), peak threshold and ``sigma_input`` as in the module docstring.
 
@@ -276,7 +276,7 @@ def _segments(centres: np.ndarray, fwhm: np.ndarray, windows_fwhm: float, length
     return [(start, stop) for start, stop in merged]
 
 
-def _prepare(reference, noisy_input, ppm=None, tolerance_ppm: float = 0.01, tolerance_points: float = 3.0,
+def _prepare(*, reference, noisy_input, ppm=None, tolerance_ppm: float = 0.01, tolerance_points: float = 3.0,
              threshold_sigma: float = 5.0, min_rel_height: float = 0.02, windows_fwhm: float = 2.0,
              peak_mask=None, baseline_mask=None) -> _Context:
     reference = _as_spectrum(reference, "reference")
@@ -284,8 +284,9 @@ def _prepare(reference, noisy_input, ppm=None, tolerance_ppm: float = 0.01, tole
     noisy_input = _as_spectrum(noisy_input, "noisy_input", length)
     ppm = None if ppm is None else _as_spectrum(ppm, "ppm", length)
     if peak_mask is None or baseline_mask is None:
-        derived_peak, derived_baseline, threshold, _ = reference_masks(reference, noisy_input, threshold_sigma,
-                                                                       min_rel_height)
+        derived_peak, derived_baseline, threshold, _ = reference_masks(
+            reference=reference, noisy_input=noisy_input, threshold_sigma=threshold_sigma,
+            min_rel_height=min_rel_height)
         peak_mask = derived_peak if peak_mask is None else peak_mask
         baseline_mask = derived_baseline if baseline_mask is None else baseline_mask
     peak_mask = _as_spectrum(peak_mask, "peak_mask", length).astype(bool)
@@ -370,23 +371,29 @@ def _score(output, ctx: _Context) -> dict[str, float | None]:
 
 
 # ------------------------------------------------------------------------------------------------------- public API
-def spectrum_metrics(output, reference, noisy_input, ppm=None, tolerance_ppm: float = 0.01,
+def spectrum_metrics(*, output, reference, noisy_input, ppm=None, tolerance_ppm: float = 0.01,
                      tolerance_points: float = 3.0, threshold_sigma: float = 5.0, min_rel_height: float = 0.02,
                      windows_fwhm: float = 2.0, peak_mask=None, baseline_mask=None) -> dict[str, float | None]:
     """All metrics of one output spectrum ``(L,)`` against ``reference`` ``(L,)`` (see the module docstring).
+
+    Keyword-only: the three spectra have the same shape and dtype, so a positional swap would run and score the
+    wrong thing (scoring against the noisy input once made model selection pick the least-denoised epoch).
 
     ``noisy_input`` ``(L,)`` is the method's input: it sets ``snr_in`` and the noise-based peak threshold. ``ppm``
     ``(L,)``, in either direction, switches positions and ``peak_shift`` to ppm. ``peak_mask``/``baseline_mask``
     (bool ``(L,)``) override the derived masks. Returns ``METRIC_KEYS`` -> float or None.
     """
-    ctx = _prepare(reference, noisy_input, ppm, tolerance_ppm, tolerance_points, threshold_sigma, min_rel_height,
-                   windows_fwhm, peak_mask, baseline_mask)
+    ctx = _prepare(reference=reference, noisy_input=noisy_input, ppm=ppm, tolerance_ppm=tolerance_ppm,
+                   tolerance_points=tolerance_points, threshold_sigma=threshold_sigma, min_rel_height=min_rel_height,
+                   windows_fwhm=windows_fwhm, peak_mask=peak_mask, baseline_mask=baseline_mask)
     return _score(output, ctx)
 
 
-def evaluate_methods(noisy_input, reference, outputs: dict[str, np.ndarray], ppm=None,
+def evaluate_methods(*, noisy_input, reference, outputs: dict[str, np.ndarray], ppm=None,
                      **kwargs) -> dict[str, dict[str, float | None]]:
     """:func:`spectrum_metrics` per method, every method on the same masks, threshold and integration windows.
+
+    Keyword-only, like :func:`spectrum_metrics`.
 
     ``outputs`` maps method name -> output ``(L,)``. Unless already present, adds the rows ``"input"`` (no
     denoising), ``"savgol"`` (:func:`savgol_denoise`, kwargs ``savgol_window``=11, ``savgol_order``=3) and
@@ -394,7 +401,7 @@ def evaluate_methods(noisy_input, reference, outputs: dict[str, np.ndarray], ppm
     Baseline rows come first, then ``outputs`` in their order. Other kwargs go to :func:`spectrum_metrics`.
     """
     window, order = kwargs.pop("savgol_window", 11), kwargs.pop("savgol_order", 3)
-    ctx = _prepare(reference, noisy_input, ppm, **kwargs)
+    ctx = _prepare(reference=reference, noisy_input=noisy_input, ppm=ppm, **kwargs)
     noisy = _as_spectrum(noisy_input, "noisy_input")
     baselines = {
         "input": lambda: noisy,

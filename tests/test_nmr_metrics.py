@@ -48,7 +48,7 @@ def without(index: int) -> np.ndarray:
 
 
 def test_reference_against_itself_is_perfect(clean, noisy):
-    row = spectrum_metrics(clean, clean, noisy)
+    row = spectrum_metrics(output=clean, reference=clean, noisy_input=noisy)
     assert set(row) == set(METRIC_KEYS)
     for key in ("l1", "l2", "l2_peak", "l2_baseline", "peak_shift", "height_rel_err", "fwhm_rel_err",
                 "integral_rel_err"):
@@ -61,7 +61,7 @@ def test_reference_against_itself_is_perfect(clean, noisy):
 
 
 def test_masks_cover_peaks_and_keep_baseline_clear(clean, noisy):
-    peak, baseline, threshold, sigma_input = reference_masks(clean, noisy)
+    peak, baseline, threshold, sigma_input = reference_masks(reference=clean, noisy_input=noisy)
     assert sigma_input == pytest.approx(SIGMA, rel=0.1)
     assert threshold == pytest.approx(max(0.02 * clean.max(), 5 * sigma_input))
     assert peak[CENTRES.astype(int)].all() and not (peak & baseline).any()
@@ -71,7 +71,7 @@ def test_masks_cover_peaks_and_keep_baseline_clear(clean, noisy):
 
 
 def test_snr_conventions(clean, noisy):
-    row = spectrum_metrics(noisy, clean, noisy)
+    row = spectrum_metrics(output=noisy, reference=clean, noisy_input=noisy)
     assert row["snr_in"] == pytest.approx(noisy.max() / SIGMA, rel=0.05)
     assert row["snr_out"] == row["snr_in"] and row["snr_gain"] == pytest.approx(1.0)
     # P95 definition, checked by hand on explicit masks
@@ -79,7 +79,7 @@ def test_snr_conventions(clean, noisy):
     peak[280:320] = True
     baseline = np.zeros(LENGTH, bool)
     baseline[1900:] = True
-    row = spectrum_metrics(noisy, clean, noisy, peak_mask=peak, baseline_mask=baseline)
+    row = spectrum_metrics(output=noisy, reference=clean, noisy_input=noisy, peak_mask=peak, baseline_mask=baseline)
     base = noisy[baseline]
     sigma = np.sqrt(np.mean((base - np.median(base)) ** 2))
     assert row["snr_p95_in"] == pytest.approx((np.percentile(noisy[peak], 95) - np.median(base)) / sigma)
@@ -87,15 +87,15 @@ def test_snr_conventions(clean, noisy):
 
 
 def test_flat_baseline_has_undefined_snr(clean, noisy):
-    peak, baseline, _, _ = reference_masks(clean, noisy)
+    peak, baseline, _, _ = reference_masks(reference=clean, noisy_input=noisy)
     flattened = np.where(baseline, 0.0, clean)
-    row = spectrum_metrics(flattened, clean, noisy)
+    row = spectrum_metrics(output=flattened, reference=clean, noisy_input=noisy)
     assert row["snr_out"] is None and row["snr_gain"] is None and row["snr_p95_out"] is None
     assert row["snr_in"] is not None and row["l2_baseline"] > 0
 
 
 def test_removed_peak_lowers_recall_and_adds_integral_error(clean, noisy):
-    row = spectrum_metrics(without(3), clean, noisy)
+    row = spectrum_metrics(output=without(3), reference=clean, noisy_input=noisy)
     n = CENTRES.size
     assert row["peak_recall"] == pytest.approx((n - 1) / n)
     assert row["peak_precision"] == pytest.approx(1.0)
@@ -105,7 +105,7 @@ def test_removed_peak_lowers_recall_and_adds_integral_error(clean, noisy):
 
 
 def test_spurious_peak_lowers_precision(clean, noisy):
-    row = spectrum_metrics(clean + lorentzians(1000.0, 5.0, 0.5), clean, noisy)
+    row = spectrum_metrics(output=clean + lorentzians(1000.0, 5.0, 0.5), reference=clean, noisy_input=noisy)
     n = CENTRES.size
     assert row["peak_precision"] == pytest.approx(n / (n + 1))
     assert row["peak_recall"] == pytest.approx(1.0)
@@ -113,9 +113,10 @@ def test_spurious_peak_lowers_precision(clean, noisy):
 
 
 def test_shift_is_sub_point_and_unmatched_beyond_tolerance(clean, noisy):
-    row = spectrum_metrics(lorentzians(CENTRES + 1.3, WIDTHS, HEIGHTS), clean, noisy)
+    row = spectrum_metrics(output=lorentzians(CENTRES + 1.3, WIDTHS, HEIGHTS), reference=clean, noisy_input=noisy)
     assert row["peak_recall"] == 1.0 and abs(row["peak_shift"] - 1.3) < 0.1
-    row = spectrum_metrics(lorentzians(CENTRES + 5.0, WIDTHS, HEIGHTS), clean, noisy, tolerance_points=3.0)
+    row = spectrum_metrics(output=lorentzians(CENTRES + 5.0, WIDTHS, HEIGHTS), reference=clean, noisy_input=noisy,
+                           tolerance_points=3.0)
     assert row["peak_recall"] == 0.0 and row["peak_f1"] == 0.0 and row["peak_shift"] is None
     assert row["height_ratio"] is None and row["integral_rel_err"] > 0.03
 
@@ -123,11 +124,13 @@ def test_shift_is_sub_point_and_unmatched_beyond_tolerance(clean, noisy):
 def test_tolerance_in_ppm_when_an_axis_is_given(clean, noisy):
     ppm = 10.0 - 0.001 * np.arange(LENGTH)  # 0.001 ppm per point, running downwards like a real axis
     shifted = lorentzians(CENTRES + 5.0, WIDTHS, HEIGHTS)
-    in_ppm = spectrum_metrics(shifted, clean, noisy, ppm=ppm, tolerance_ppm=0.01, tolerance_points=3.0)
+    in_ppm = spectrum_metrics(output=shifted, reference=clean, noisy_input=noisy, ppm=ppm, tolerance_ppm=0.01,
+                              tolerance_points=3.0)
     assert in_ppm["peak_recall"] == 1.0 and in_ppm["peak_shift"] == pytest.approx(0.005, abs=1e-4)
-    in_points = spectrum_metrics(shifted, clean, noisy, tolerance_ppm=0.01, tolerance_points=3.0)
+    in_points = spectrum_metrics(output=shifted, reference=clean, noisy_input=noisy, tolerance_ppm=0.01,
+                                 tolerance_points=3.0)
     assert in_points["peak_recall"] == 0.0
-    tight = spectrum_metrics(shifted, clean, noisy, ppm=ppm, tolerance_ppm=0.003)
+    tight = spectrum_metrics(output=shifted, reference=clean, noisy_input=noisy, ppm=ppm, tolerance_ppm=0.003)
     assert tight["peak_recall"] == 0.0
 
 
@@ -144,13 +147,13 @@ def test_match_peaks_is_one_to_one():
 
 def test_broadened_prediction_reports_width_and_height(clean, noisy):
     broad = lorentzians(CENTRES, 1.5 * WIDTHS, HEIGHTS / 1.5)  # same area
-    row = spectrum_metrics(broad, clean, noisy, windows_fwhm=10.0)
+    row = spectrum_metrics(output=broad, reference=clean, noisy_input=noisy, windows_fwhm=10.0)
     assert row["peak_f1"] == 1.0
     assert row["fwhm_rel_err"] == pytest.approx(0.5, abs=0.05)
     assert row["height_ratio"] == pytest.approx(1 / 1.5, rel=0.03)
     assert row["integral_rel_err"] < 0.03
     # at the default ±2 FWHM windows the heavier Lorentzian tails leak out: broadening costs integral
-    assert spectrum_metrics(broad, clean, noisy)["integral_ratio"] < 0.95
+    assert spectrum_metrics(output=broad, reference=clean, noisy_input=noisy)["integral_ratio"] < 0.95
 
 
 def test_pick_peaks_and_matched_linewidth(clean):
@@ -185,25 +188,26 @@ def test_savgol_keeps_length_and_reduces_noise(clean, noisy):
     noise = np.random.default_rng(2).normal(size=LENGTH)
     assert np.std(savgol_denoise(noise)) < 0.7 * np.std(noise)
     # on the spectrum the gain shows on the baseline (narrow peaks lose height, so not over the whole spectrum)
-    _, baseline, _, _ = reference_masks(clean, noisy)
+    _, baseline, _, _ = reference_masks(reference=clean, noisy_input=noisy)
     assert np.std((smooth - clean)[baseline]) < 0.7 * np.std((noisy - clean)[baseline])
     assert savgol_denoise(np.stack([noisy, noisy]), 7, 2).shape == (2, LENGTH)
 
 
 def test_evaluate_methods_rows_share_keys_and_masks(clean, noisy):
-    rows = evaluate_methods(noisy, clean, {"model": clean + 0.5 * (noisy - clean)}, savgol_window=9)
+    rows = evaluate_methods(noisy_input=noisy, reference=clean, outputs={"model": clean + 0.5 * (noisy - clean)},
+                            savgol_window=9)
     assert list(rows) == ["input", "savgol", "apodisation", "model"]
     assert all(list(row) == list(METRIC_KEYS) for row in rows.values())
     assert len({row["snr_in"] for row in rows.values()}) == 1
-    assert rows["input"] == spectrum_metrics(noisy, clean, noisy)
-    assert rows["savgol"] == spectrum_metrics(savgol_denoise(noisy, 9, 3), clean, noisy)
+    assert rows["input"] == spectrum_metrics(output=noisy, reference=clean, noisy_input=noisy)
+    assert rows["savgol"] == spectrum_metrics(output=savgol_denoise(noisy, 9, 3), reference=clean, noisy_input=noisy)
     # matched em on Lorentzians: about sqrt(2) in max/sigma SNR, for lines twice as broad and half as high
     apodisation = rows["apodisation"]
     assert apodisation["snr_gain"] == pytest.approx(np.sqrt(2), rel=0.1)
     assert apodisation["fwhm_ratio"] == pytest.approx(2.0, rel=0.05) and apodisation["height_ratio"] < 0.55
     assert rows["model"]["l2"] < rows["input"]["l2"]
     # a method supplied under a baseline's name replaces it
-    assert evaluate_methods(noisy, clean, {"input": clean})["input"]["l1"] == 0.0
+    assert evaluate_methods(noisy_input=noisy, reference=clean, outputs={"input": clean})["input"]["l1"] == 0.0
 
 
 def test_mean_metrics_ignores_none():
@@ -213,7 +217,7 @@ def test_mean_metrics_ignores_none():
 
 
 def test_no_reference_peak_gives_none(noisy):
-    row = spectrum_metrics(noisy, np.zeros(LENGTH), noisy)
+    row = spectrum_metrics(output=noisy, reference=np.zeros(LENGTH), noisy_input=noisy)
     assert row["peak_f1"] is None and row["integral_rel_err"] is None and row["l1"] is None
     with pytest.raises(ValueError):
-        spectrum_metrics(noisy[:-1], noisy, noisy)
+        spectrum_metrics(output=noisy[:-1], reference=noisy, noisy_input=noisy)

@@ -211,11 +211,11 @@ class NMRDenoiseTrainer(BaseTrainer):
         denoised = self.denoise(noisy)
         reference, kind = self.references(spectra, clean)
         for i in range(len(noisy)):
-            args = (noisy[i].double().numpy(), reference[i].double().numpy())
+            spectra_i = dict(noisy_input=noisy[i].double().numpy(), reference=reference[i].double().numpy(),
+                             ppm=ppm, tolerance_ppm=self.tolerance_ppm)
             model = denoised[i].double().numpy()
-            scored = (evaluate_methods(*args, {"model": model}, ppm=ppm, tolerance_ppm=self.tolerance_ppm)
-                      if baselines else
-                      {"model": spectrum_metrics(model, *args, ppm=ppm, tolerance_ppm=self.tolerance_ppm)})
+            scored = (evaluate_methods(outputs={"model": model}, **spectra_i) if baselines else
+                      {"model": spectrum_metrics(output=model, **spectra_i)})
             for method, values in scored.items():
                 rows.setdefault(method, []).append(values)
             if len(self._shown) < keep:
