@@ -49,6 +49,7 @@ import csv
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ FORMATS = ("bruker", "bruker_pdata", "varian", "pipe", "npy")
 PIPE_SUFFIXES = (".fid", ".ft", ".ft1")
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")
 MANIFEST_FIELDS = ("group", "level", "path", "format")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what ends a line for the csv reader (universal newlines)
 PROCESSING_DEFAULTS = {"lb_hz": 0.0, "size": None, "p0": 0.0, "p1": 0.0, "autophase": False}
 # Bounds on what a data file may make the reader allocate, checked against the declared sizes (the .npy header,
 # each .npz member's header) before any data is read. Override per call with ``max_bytes=`` or for the process by
@@ -685,7 +687,9 @@ def _parse_csv(path: Path) -> list[_Entry]:
                 raise DataError(f"{path} line 1: header is {header}; expected group,level,path[,format]")
             entries = []
             for row in reader:
-                where = f"{path} line {reader.line_num}"
+                # the line the record starts on: line_num is where it ends, after any quoted line breaks
+                breaks = sum(len(_LINE_BREAK.findall(value)) for value in row.values() if isinstance(value, str))
+                where = f"{path} line {reader.line_num - breaks}"
                 if None in row or None in row.values():
                     raise DataError(f"{where}: expected {len(header)} comma-separated fields, as in the header")
                 # spaces and tabs around the commas are layout; anything else (a quoted newline) is content
