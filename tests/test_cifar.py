@@ -503,10 +503,12 @@ def test_uninitialised_labels_are_refused_and_never_printed(tmp_path):
 
 
 def test_a_file_larger_than_its_image_bound_is_refused_unread(tmp_path):
-    path = write_cifar(tmp_path, "100", 2, 1)["dir"] / "train"
-    read_cifar_file(path, "fine_labels", 100)  # 200 images under the default bound
+    path = write_cifar(tmp_path, "100", 5, 1)["dir"] / "train"  # 500 images, 1.5 MB
+    assert len(read_cifar_file(path, "fine_labels", 100)[0]) == 500  # under the default bound
     with pytest.raises(DataError, match=f"^{path} has .* bytes, more than a CIFAR file of at most 10 images can"):
         read_cifar_file(path, "fine_labels", 100, max_images=10)
+    with pytest.raises(DataError, match=f"^{path}: an array of shape \\(500, 3072\\) declares 500 rows, more than 499"):
+        read_cifar_file(path, "fine_labels", 100, max_images=499)
 
 
 def test_a_declared_bytes_length_beyond_the_file_is_refused_unallocated(tmp_path):

@@ -17,6 +17,8 @@ import json
 import os
 import pickle
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,7 +331,9 @@ def test_manifest_levels_and_list_labels_accept_the_same_spellings(tmp_path, lev
         as_level = 0
     except DataError as err:
         present = re.search(r"levels present: (\d+)\.", str(err))  # read as level N > 0: level 0 is missing
-        assert present or str(err).startswith(f"{manifest} entry 0: level {level!r} is not a non-negative integer")
+        refused = (f"{manifest} entry 0: level {level!r} is not a non-negative integer",
+                   f"{manifest} entry 0: missing ['level']")  # an empty level
+        assert present or str(err).startswith(refused)
         as_level = int(present.group(1)) if present else None
     assert as_level == as_label, level
 
@@ -343,7 +347,10 @@ def test_any_manifest_group_name_is_refused_or_a_file_name_inside_save_dir(tmp_p
     try:
         [group] = read_manifest(manifest)
     except DataError as err:
-        assert str(err).startswith(f"{manifest} entry 0: group name ") and "names are 1-100 characters" in str(err)
+        if name == "":
+            assert str(err).startswith(f"{manifest} entry 0: missing ['group']")
+        else:
+            assert str(err).startswith(f"{manifest} entry 0: group name ") and "names are 1-100" in str(err)
         return
     out = (tmp_path / "save").resolve()
     assert group.name == name and (out / f"{name}.npz").resolve().parent == out and not name.startswith(".")
@@ -355,8 +362,7 @@ def test_any_manifest_group_name_is_refused_or_a_file_name_inside_save_dir(tmp_p
                            and len(s.encode()) < 200))
 def test_any_file_stem_is_refused_naming_the_file_or_a_plain_name(tmp_path, stem):
     """File names may hold blanks, newlines, leading dots; the group name they give must still be plain."""
-    directory = tmp_path / "data"
-    directory.mkdir()
+    directory = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by the examples
     path = directory / f"{stem}.npy"
     np.save(path, np.ones((2, 8)))
     try:
