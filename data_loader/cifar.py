@@ -2,7 +2,10 @@
 
 The files are torchvision's on-disk format (``cifar-10-batches-py/``, ``cifar-100-python/``), read with
 a restricted unpickler rather than torchvision's CIFAR classes: those refuse any file whose md5 differs
-from the original, which rules out generated test fixtures and re-packed copies.
+from the original, which rules out generated test fixtures and re-packed copies. The unpickler admits only
+what the files are made of (a dict; ``data`` a uint8 ``(N, 3072)`` array built by numpy's own reconstruct
+from exactly ``N * 3072`` bytes of the file, ``N <= max_images``; labels a list of ints in range) and checks
+every declared length against the file before anything is allocated (see :func:`read_cifar_file`).
 
 Protocol (LDAM-DRW / MiSLAS / SADE, see ``reference/lnr.md`` §1.1 and ``reference/experts.md`` §2.3):
 the long-tailed training set keeps ``n_i = int(n_max * imb_factor ** (i / (C - 1)))`` images of class
@@ -64,8 +67,9 @@ CIFAR100_LAYOUT = CifarLayout(
 
 IMAGE_BYTES = 3 * 32 * 32  # one image's row of 'data'
 MAX_IMAGES_PER_FILE = 60_000  # the CIFAR files hold 10,000 (CIFAR-10 batches) or 50,000 / 10,000 (CIFAR-100)
-# bytes a file may hold per image beyond its pixels: its label(s) and file name (~40 bytes in the originals)
-_FILE_BYTES_PER_IMAGE = IMAGE_BYTES + 512
+# bytes a file may hold per image: its pixels twice over (Python 3's protocol 2 writes bytes as latin-1 text in
+# UTF-8, up to 2 bytes per pixel) plus its label(s) and file name (~40 bytes in the originals)
+_FILE_BYTES_PER_IMAGE = 2 * IMAGE_BYTES + 512
 # the dtypes a CIFAR pickle may build: uint8 pixels; integer labels of re-packed copies that stored them as arrays
 _ARRAY_DTYPES = {"u1": np.dtype(np.uint8), "|u1": np.dtype(np.uint8), "uint8": np.dtype(np.uint8),
                  "i8": np.dtype("<i8"), "<i8": np.dtype("<i8"), "int64": np.dtype("<i8"),
