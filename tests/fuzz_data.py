@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 from fixtures import write_cifar
 from hypothesis import strategies as st
-from numpy._core.multiarray import _reconstruct
-from numpy._core.numeric import _frombuffer
 from PIL import Image
 
 # default list names of the file-based loaders (data_loader/image_list.py) and their class counts
@@ -131,6 +129,11 @@ def npy_claiming(shape: tuple, dtype: str = "<f8", data: bytes = b"\x00" * 64) -
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)})
     return buffer.getvalue() + data
+
+
+# numpy's own array constructors, as the installed numpy pickles arrays (numpy.core in 1.x, numpy._core in 2.x)
+_reconstruct = np.zeros(1, np.uint8).__reduce__()[0]
+_frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
 
 
 class Reduce:
