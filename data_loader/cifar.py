@@ -2,7 +2,10 @@
 
 The files are torchvision's on-disk format (``cifar-10-batches-py/``, ``cifar-100-python/``), read with
 a restricted unpickler rather than torchvision's CIFAR classes: those refuse any file whose md5 differs
-from the original, which rules out generated test fixtures and re-packed copies.
+from the original, which rules out generated test fixtures and re-packed copies. The unpickler admits only
+what the files are made of (a dict; ``data`` a uint8 ``(N, 3072)`` array built by numpy's own reconstruct
+from exactly ``N * 3072`` bytes of the file, ``N <= max_images``; labels a list of ints in range) and checks
+every declared length against the file before anything is allocated (see :func:`read_cifar_file`).
 
 Protocol (LDAM-DRW / MiSLAS / SADE, see ``reference/lnr.md`` §1.1 and ``reference/experts.md`` §2.3):
 the long-tailed training set keeps ``n_i = int(n_max * imb_factor ** (i / (C - 1)))`` images of class
@@ -13,8 +16,10 @@ with the CIFAR-10 mean/std, for CIFAR-100 too.
 """
 from __future__ import annotations
 
+import io
 import math
 import pickle
+import pickletools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,44 +65,106 @@ CIFAR100_LAYOUT = CifarLayout(
     num_classes=100)
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle may name: numpy's array/scalar reconstruction (and bytes decoding).
+IMAGE_BYTES = 3 * 32 * 32  # one image's row of 'data'
+MAX_IMAGES_PER_FILE = 60_000  # the CIFAR files hold 10,000 (CIFAR-10 batches) or 50,000 / 10,000 (CIFAR-100)
+# bytes a file may hold per image: its pixels twice over (Python 3's protocol 2 writes bytes as latin-1 text in
+# UTF-8, up to 2 bytes per pixel) plus its label(s) and file name (~40 bytes in the originals)
+_FILE_BYTES_PER_IMAGE = 2 * IMAGE_BYTES + 512
+# the dtypes a CIFAR pickle may build: uint8 pixels; integer labels of re-packed copies that stored them as arrays
+_ARRAY_DTYPES = {"u1": np.dtype(np.uint8), "|u1": np.dtype(np.uint8), "uint8": np.dtype(np.uint8),
+                 "i8": np.dtype("<i8"), "<i8": np.dtype("<i8"), "int64": np.dtype("<i8"),
+                 "i4": np.dtype("<i4"), "<i4": np.dtype("<i4"), "int32": np.dtype("<i4")}
 
-    The functions are taken from numpy's own ``__reduce__`` output, so the table holds whatever the
-    installed numpy uses, under both the numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) names.
+
+def _text(value: Any) -> Any:
+    """Python 2 strings arrive as bytes (encoding="bytes"); compare them as text."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+class _NDArrayToken:
+    """What the pickle gets for the global ``numpy.ndarray``: a token for ``_reconstruct``'s first argument.
+
+    It cannot be called, so a pickle cannot allocate an array of any shape with ``ndarray(shape)``.
     """
-    array = np.zeros(1, dtype=np.uint8)
-    reconstruct = array.__reduce__()[0]  # ndarray pickled with protocol <= 4 (the original CIFAR files)
-    frombuffer = array.__reduce_ex__(5)[0]  # ndarray pickled with protocol 5
-    scalar = np.uint8(0).__reduce__()[0]  # a numpy integer inside a label list
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    # Python 3 pickles bytes with protocol 2 as _codecs.encode(str, "latin1"): a pure function, needed to
-    # read re-pickled copies; it cannot reach anything else
-    allowed[("_codecs", "encode")] = __import__("_codecs").encode
-    return allowed
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray (token)"
 
 
-_ALLOWED_GLOBALS = _numpy_globals()
+_NDARRAY = _NDArrayToken()
+
+
+class _PendingDtype:
+    """A dtype the pickle asked for (``numpy.dtype('u1', 0, 1)``), from the allow-list; BUILD may set only a
+    plain dtype's state (no fields, no sub-array), which cannot change what it is."""
+
+    def __init__(self, reader: _RestrictedUnpickler, spec: Any, align: Any = False, copy: Any = True):
+        spec = _text(spec)
+        if not isinstance(spec, str) or spec not in _ARRAY_DTYPES or align not in (0, False):
+            try:
+                name = np.dtype(spec).name  # parsing a dtype string allocates no array
+            except Exception:
+                name = repr(spec)[:40]
+            raise DataError(f"{reader.path}: a CIFAR file holds uint8 arrays (pixels) and integer labels only; an "
+                            f"array of dtype {name} was refused")
+        self.reader, self.dtype = reader, _ARRAY_DTYPES[spec]
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) < 5 or any(part is not None for part in state[2:5]):
+            raise DataError(f"{self.reader.path}: a numpy dtype with fields or a sub-array shape ({state!r:.200}); a "
+                            "CIFAR file holds only plain uint8 arrays, so it was refused")
+        if _text(state[1]) not in ("|", "<", "="):  # the allow-listed dtypes are little-endian
+            raise DataError(f"{self.reader.path}: a numpy dtype with byte order {state[1]!r}; refused")
+
+
+class _PendingArray:
+    """An array being unpickled: numpy's ``_reconstruct`` makes an empty array that BUILD then fills.
+
+    Here nothing is allocated until BUILD supplies shape, dtype and the bytes: the shape must be within bounds and
+    the bytes exactly as many as the shape declares, so the array is made from the file's own bytes, never from
+    uninitialised memory and never larger than the file.
+    """
+
+    def __init__(self, reader: _RestrictedUnpickler):
+        self.reader, self.array = reader, None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None:
+            raise DataError(f"{self.reader.path}: sets the contents of one array twice; not a CIFAR file")
+        if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1:
+            raise DataError(f"{self.reader.path}: an array state that numpy does not write ({type(state).__name__}); "
+                            "not a CIFAR file")
+        _, shape, dtype, fortran, payload = state
+        if fortran not in (0, False):
+            raise DataError(f"{self.reader.path}: a Fortran-ordered array; a CIFAR file holds C-ordered arrays")
+        self.array = self.reader.make_array(payload, dtype, shape)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except numpy's array reconstruction, before anything runs.
+    """Unpickler that admits only what CIFAR files are made of, refusing everything else before anything runs.
 
-    A pickle can call any importable function while it is being read; CIFAR files are plain dicts of
-    bytes, lists and uint8 arrays, so anything else is refused rather than executed.
+    A pickle can call any importable function while it is being read; CIFAR files are plain dicts of bytes,
+    lists of ints and uint8 arrays. The few globals they name are replaced by checked stand-ins: numpy's
+    ``_reconstruct`` (protocols 2-4) and ``_frombuffer`` (protocol 5) build an array only from bytes that are
+    exactly as long as the declared shape, within ``max_images`` rows; ``numpy.dtype`` only from an allow-list;
+    ``_codecs.encode`` only latin-1 text (Python 3's protocol-2 spelling of bytes).
     """
 
-    def __init__(self, file, path: Path):
+    def __init__(self, file, path: Path, max_images: int):
         super().__init__(file, encoding="bytes")  # the files were written by Python 2
-        self.path = path
+        self.path, self.max_images = path, max_images
+        self._globals: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY,
+                                                     ("numpy", "dtype"): self._dtype,
+                                                     ("_codecs", "encode"): self._encode}
+        for core in ("numpy.core", "numpy._core"):
+            self._globals[(f"{core}.multiarray", "_reconstruct")] = self._reconstruct
+            self._globals[(f"{core}.numeric", "_frombuffer")] = self._frombuffer
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return self._globals[(module, name)]
         except KeyError:
             raise DataError(f"{self.path} contains Python objects ({module}.{name}), which a CIFAR file never "
                             "does; it was refused without running them. Replace it with the original file "
@@ -106,49 +173,145 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(f"{self.path} refers to external objects (persistent id {pid!r}); not a CIFAR file")
 
+    # --- the stand-ins -----------------------------------------------------------------------------
+    def _dtype(self, *args: Any) -> _PendingDtype:
+        return _PendingDtype(self, *args)
 
-def read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    def _encode(self, text: Any, encoding: Any = "utf-8") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise DataError(f"{self.path}: calls _codecs.encode with {type(text).__name__} and {encoding!r}; a "
+                            "CIFAR file only encodes text as latin-1, so it was refused")
+        return text.encode("latin1")
+
+    def _reconstruct(self, cls: Any, shape: Any, typecode: Any) -> _PendingArray:
+        # numpy pickles every array as _reconstruct(ndarray, (0,), b'b') followed by BUILD with the real state
+        if cls is not _NDARRAY or shape != (0,) or _text(typecode) != "b":
+            raise DataError(f"{self.path}: calls numpy's _reconstruct with {shape!r:.60} and {typecode!r:.20} "
+                            "instead of numpy's own (ndarray, (0,), 'b'); refused (it would allocate an "
+                            "uninitialised array)")
+        return _PendingArray(self)
+
+    def _frombuffer(self, payload: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        if _text(order) != "C":
+            raise DataError(f"{self.path}: an array in {order!r} order; a CIFAR file holds C-ordered arrays")
+        return self.make_array(payload, dtype, shape)
+
+    def make_array(self, payload: Any, dtype: Any, shape: Any) -> np.ndarray:
+        """An array from ``payload`` after checking that dtype, shape and length agree and are within bounds."""
+        if isinstance(dtype, _PendingDtype):
+            dtype = dtype.dtype
+        elif not isinstance(dtype, np.dtype) or dtype not in _ARRAY_DTYPES.values():
+            raise DataError(f"{self.path}: an array whose dtype is {type(dtype).__name__}; not a CIFAR file")
+        if (not isinstance(shape, tuple) or not 1 <= len(shape) <= 2
+                or not all(type(n) is int and n >= 0 for n in shape)):
+            raise DataError(f"{self.path}: an array of shape {shape!r:.100}; a CIFAR file holds uint8 arrays of "
+                            f"shape (N, {IMAGE_BYTES})")
+        if shape[0] > self.max_images:
+            raise DataError(f"{self.path}: an array of shape {shape} declares {shape[0]:,} rows, more than "
+                            f"{self.max_images:,} (a CIFAR file holds at most 50,000 images; max_images raises the "
+                            "limit); refused before allocating it")
+        if not isinstance(payload, (bytes, bytearray)):
+            raise DataError(f"{self.path}: an array whose contents are a {type(payload).__name__}, not bytes; "
+                            "not a CIFAR file")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != len(payload):
+            raise DataError(f"{self.path}: an array of shape {shape} and dtype {dtype} needs {declared:,} bytes but "
+                            f"the file holds {len(payload):,} for it; the file is truncated or corrupted")
+        return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()  # a copy: writable, owns its memory
+
+
+def _describe(value: Any) -> str:
+    """A value's type as a message names it (an unpickled array is an ndarray)."""
+    return "ndarray" if isinstance(value, (_PendingArray, np.ndarray)) else type(value).__name__
+
+
+def _finished_array(value: Any, path: Path, key: str) -> Any:
+    """``value`` with an unpickled array replaced by its contents; an array never given contents is an error."""
+    if isinstance(value, _PendingArray):
+        if value.array is None:
+            raise DataError(f"{path}: '{key}' is an array whose contents the file never gives (numpy's reconstruct "
+                            "without its state); the file is corrupted or crafted")
+        return value.array
+    return value
+
+
+def _labels(value: Any, path: Path, key: str, count: int, num_classes: int) -> np.ndarray:
+    """``key``'s labels as int64 ``(count,)``: a list of ints (or an integer array), each in 0..num_classes-1."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or len(value) != count or value.dtype.kind not in "iu":
+            raise DataError(f"{path}: '{key}' must be {count} integers (one per image), got {value.dtype} of shape "
+                            f"{value.shape}")
+        labels = value.astype(np.int64)
+    else:
+        if not isinstance(value, list) or len(value) != count:
+            size = f" of {len(value)}" if isinstance(value, (list, tuple)) else ""
+            raise DataError(f"{path}: '{key}' must be {count} integers (one per image), got a "
+                            f"{_describe(value)}{size}")
+        bad = next((i for i, label in enumerate(value) if type(label) is not int), None)  # bool is not a label
+        if bad is not None:
+            raise DataError(f"{path}: '{key}' must be {count} integers (one per image), got a "
+                            f"{_describe(value[bad])} at index {bad}")
+        bad = next((i for i, label in enumerate(value) if not 0 <= label < num_classes), None)
+        if bad is not None:  # before the int64 conversion, which would overflow on a huge value
+            raise DataError(f"{path}: '{key}' has {value[bad]} at index {bad}, outside 0..{num_classes - 1}")
+        return np.asarray(value, dtype=np.int64)
+    out = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(out):  # the message shows a value read from the file, never uninitialised memory
+        raise DataError(f"{path}: '{key}' has {labels[out[0]]} at index {out[0]}, outside 0..{num_classes - 1}")
+    return labels
+
+
+def read_cifar_file(path: Path, label_key: str, num_classes: int,
+                    max_images: int = MAX_IMAGES_PER_FILE) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64 of one CIFAR pickle, validated.
+
+    Only what the CIFAR files are made of is admitted (see :class:`_RestrictedUnpickler`): a dict (bytes or str
+    keys) with ``data``, a uint8 array ``(N, 3072)``, and ``label_key``, N ints in ``0..num_classes-1`` (a list, or
+    an integer array in re-packed copies). ``max_images`` bounds N (default 60,000 per file); the file size is
+    checked against it before reading, every declared length against the bytes present before anything is
+    allocated.
 
     Raises:
         DataError: naming ``path`` when it is not a valid pickle, holds other globals than numpy arrays,
-            lacks ``data``/``label_key``, or has wrong shapes, dtypes or label values.
+            declares more than it holds, lacks ``data``/``label_key``, or has wrong shapes, dtypes or labels.
     """
     try:
-        with open(path, "rb") as file:
-            content = _RestrictedUnpickler(file, path).load()
-    except DataError:
-        raise
+        size = path.stat().st_size
     except FileNotFoundError as err:
         raise DataError(f"{path} is missing") from err
+    except OSError as err:
+        raise DataError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
+    limit = max_images * _FILE_BYTES_PER_IMAGE + (1 << 20)
+    if size > limit:
+        raise DataError(f"{path} has {size:,} bytes, more than a CIFAR file of at most {max_images:,} images can "
+                        f"({limit:,}); refused before reading it (max_images raises the limit)")
+    try:
+        raw = path.read_bytes()
+        # every length the pickle declares is checked against the bytes present first: the C unpickler would
+        # allocate a declared bytes object (say 143 GiB) before finding that the file ends
+        for _ in pickletools.genops(raw):
+            pass
+        content = _RestrictedUnpickler(io.BytesIO(raw), path, max_images).load()
+    except DataError:
+        raise
     except Exception as err:  # truncated or corrupted: pickle raises EOFError, UnpicklingError, ValueError, ...
         raise DataError(f"{path} is not a readable CIFAR pickle ({type(err).__name__}: {err}); the file is "
                         "truncated or corrupted. Download and extract the archive again") from err
     if not isinstance(content, dict):
-        raise DataError(f"{path} holds a {type(content).__name__}, not the dict of a CIFAR batch file")
+        raise DataError(f"{path} holds a {_describe(content)}, not the dict of a CIFAR batch file")
     # Python 2 pickles read with encoding="bytes" have bytes keys; re-pickled copies may have str keys
-    entries = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in content.items()}
+    entries = {_text(k): v for k, v in content.items()}
     missing = [key for key in ("data", label_key) if key not in entries]
     if missing:
         raise DataError(f"{path} lacks the key(s) {missing} (found {sorted(map(str, entries))}); a CIFAR file "
                         f"holds 'data' (N x 3072 uint8) and '{label_key}'. Is it the right CIFAR variant?")
-    data = entries["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-               else type(data).__name__)
+    data = _finished_array(entries["data"], path, "data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else _describe(data)
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072) (32x32 RGB, channel-major), "
                         f"got {got}")
-    try:
-        labels = np.asarray(entries[label_key])
-    except Exception as err:
-        raise DataError(f"{path}: '{label_key}' is not a list of integers ({err})") from err
-    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: '{label_key}' must be {len(data)} integers (one per image), got "
-                        f"{labels.dtype} of shape {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{path}: '{label_key}' values range from {labels.min()} to {labels.max()}, outside "
-                        f"0..{num_classes - 1}")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    labels = _labels(_finished_array(entries[label_key], path, label_key), path, label_key, len(data), num_classes)
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 # --- a loader over an in-memory uint8 tensor --------------------------------------------------------

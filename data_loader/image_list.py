@@ -9,7 +9,6 @@ a missing image is an error naming the list file and line, never skipped.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
@@ -23,6 +22,7 @@ from torchvision.transforms import v2
 from base.base_data_loader import BaseDataLoader
 from data_loader.test_agnostic import list_splits
 from utils.errors import DataError
+from utils.parsing import MAX_DIGITS, ascii_int
 from utils.registry import DATA_LOADERS, SAMPLERS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,11 +62,12 @@ def read_image_list(path: Path, num_classes: int) -> list[ListEntry]:
             if len(parts) != 2:
                 raise DataError(f"{path}, line {line_no}: expected 'relative/path label' (two fields separated by "
                                 f"white space), got {line.strip()!r}")
-            # plain ASCII digits only: int() would also read "1_0" as 10, "+1" or a non-ASCII digit as 1
-            if not re.fullmatch(r"-?[0-9]+", parts[1]):
+            # plain ASCII digits only (utils.parsing, shared with the NMR manifests): int() would also read
+            # "1_0" as 10, "+1" or a non-ASCII digit as 1
+            label = ascii_int(parts[1])
+            if label is None:
                 raise DataError(f"{path}, line {line_no}: label {parts[1]!r} is not an integer (a class index "
-                                "written with the digits 0-9 only)")
-            label = int(parts[1])
+                                f"written with 1-{MAX_DIGITS} of the ASCII digits 0-9 only)")
             if not 0 <= label < num_classes:
                 raise DataError(f"{path}, line {line_no}: label {label} is outside 0..{num_classes - 1}; "
                                 "is this the list of another dataset, or should num_classes be larger?")

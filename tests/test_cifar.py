@@ -17,7 +17,7 @@ import test_all
 import train
 from data_loader import batch_augment
 from data_loader.batch_augment import OPS, BatchAugment
-from data_loader.cifar import CIFAR10LT, CIFAR100LT, EpochPermutationSampler
+from data_loader.cifar import CIFAR10LT, CIFAR100LT, EpochPermutationSampler, read_cifar_file
 from model.metric import ShotAccuracy, shot_groups
 from parse_config import ConfigParser
 from utils import dist
@@ -459,3 +459,74 @@ def test_cuda_batches_stay_on_the_device_and_match_cpu(small100):
 
 def run(config: dict, run_id: str | None, resume=None):
     return run_training(config, run_id, resume)[0]
+
+
+# --- hardening (issue 16): the unpickler admits only what CIFAR files are made of ----------------------------
+def test_bare_numpy_reconstruct_cannot_pass_a_tiny_file_as_200000_images(tmp_path):
+    """_reconstruct(ndarray, (200000, 3072), 'B') without a state is an uninitialised (zero-paged) array: a file of
+    a few hundred bytes was read as 200,000 images with labels 0."""
+    from fuzz_data import crafted_array, crafted_cifar
+
+    path = tmp_path / "train"
+    path.write_bytes(crafted_cifar(crafted_array((200_000, 3072), how="bare"),
+                                   crafted_array((200_000,), how="bare")))
+    assert path.stat().st_size < 400
+    with pytest.raises(DataError, match=f"^{path}: calls numpy's _reconstruct with \\(200000, 3072\\).*uninitialised"):
+        read_cifar_file(path, "fine_labels", 100)
+
+
+def test_declared_array_sizes_are_checked_before_allocating(tmp_path):
+    """A state declaring 50M images (143 GiB) is refused by its row count, before numpy allocates anything."""
+    from fuzz_data import crafted_array, crafted_cifar
+
+    path = tmp_path / "train"
+    path.write_bytes(crafted_cifar(crafted_array((50_000_000, 3072), payload=b"\x00" * 3072), [0]))
+    with pytest.raises(DataError, match=f"^{path}: an array of shape \\(50000000, 3072\\) declares 50,000,000 rows, "
+                                        "more than 60,000.*refused before allocating"):
+        read_cifar_file(path, "fine_labels", 100)
+    path.write_bytes(crafted_cifar(crafted_array((2, 3072), payload=b"\x00" * 3072), [0, 0]))
+    with pytest.raises(DataError, match=f"^{path}: an array of shape \\(2, 3072\\) and dtype uint8 needs 6,144 bytes "
+                                        "but the file holds 3,072"):
+        read_cifar_file(path, "fine_labels", 100)
+
+
+def test_uninitialised_labels_are_refused_and_never_printed(tmp_path):
+    """Labels from a bare _reconstruct were heap garbage, printed in the 'values range from' message."""
+    from fuzz_data import crafted_array, crafted_cifar
+
+    path = tmp_path / "test"
+    payload = np.zeros((2, 3072), np.uint8).tobytes()
+    path.write_bytes(crafted_cifar(crafted_array((2, 3072), payload=payload), crafted_array((2,), how="bare")))
+    with pytest.raises(DataError, match="_reconstruct") as info:
+        read_cifar_file(path, "fine_labels", 100)
+    assert "range from" not in str(info.value)
+
+
+def test_a_file_larger_than_its_image_bound_is_refused_unread(tmp_path):
+    path = write_cifar(tmp_path, "100", 5, 1)["dir"] / "train"  # 500 images, 1.5 MB
+    assert len(read_cifar_file(path, "fine_labels", 100)[0]) == 500  # under the default bound
+    with pytest.raises(DataError, match=f"^{path} has .* bytes, more than a CIFAR file of at most 10 images can"):
+        read_cifar_file(path, "fine_labels", 100, max_images=10)
+    with pytest.raises(DataError, match=f"^{path}: an array of shape \\(500, 3072\\) declares 500 rows, more than 499"):
+        read_cifar_file(path, "fine_labels", 100, max_images=499)
+
+
+def test_a_declared_bytes_length_beyond_the_file_is_refused_unallocated(tmp_path):
+    """BINBYTES8 declaring 143 GiB: the C unpickler allocates the declared length before reading it."""
+    path = tmp_path / "train"
+    path.write_bytes(b"\x80\x05\x8e" + (143 << 30).to_bytes(8, "little") + b"\x00" * 64)
+    with pytest.raises(DataError, match=f"^{path} is not a readable CIFAR pickle .*bytes8"):
+        read_cifar_file(path, "fine_labels", 100)
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ([0, 10 ** 30], r"has 1000000000000000000000000000000 at index 1, outside 0..99"),
+    ([0, np.int64(1)], r"must be 2 integers \(one per image\), got a .* at index 1|numpy.*scalar"),
+    ((0, 1), r"must be 2 integers \(one per image\), got a tuple"),
+    ([0, 1.0], r"got a float at index 1"),
+])
+def test_labels_are_a_list_of_ints_in_range(tmp_path, labels, expected):
+    path = tmp_path / "test"
+    dump(path, {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": labels}, protocol=2)
+    with pytest.raises(DataError, match=f"^{path}.*({expected})"):
+        read_cifar_file(path, "fine_labels", 100)

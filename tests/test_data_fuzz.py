@@ -17,9 +17,12 @@ import json
 import os
 import pickle
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz_data import crafted_array, crafted_cifar, digit_spellings, names, npy_claiming
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -305,3 +308,113 @@ def test_csv_manifest_lines_name_the_line(tmp_path, row, expected):
     manifest.write_text("group,level,path,format\nG,0,a.npy,\n" + row + "\n")
     with pytest.raises(DataError, match=f"^{manifest} line 3: .*{expected}"):
         read_manifest(manifest)
+
+
+# --- issue 16 mutations: non-ASCII digits, path-like names, trailing newlines, huge declared sizes ---------------
+@FUZZ
+@given(level=digit_spellings())
+def test_manifest_levels_and_list_labels_accept_the_same_spellings(tmp_path, level):
+    """One rule (utils.parsing.ascii_int) in both readers: a level is accepted iff the same text is a list label."""
+    as_label = None  # blanks and line breaks separate a list's fields: no label holds one, and no level may
+    if level.split() == [level]:
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"a.png {level}\n", encoding="utf-8")
+        try:
+            [entry] = read_image_list(listing, 10 ** 19)
+            as_label = entry.label
+        except DataError as err:
+            assert str(err).startswith(f"{listing}, line 1: ")
+    np.save(tmp_path / "a.npy", np.ones(16))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"group": "G", "level": level, "path": "a.npy"}]))
+    try:
+        read_manifest(manifest)
+        as_level = 0
+    except DataError as err:
+        present = re.search(r"levels present: (\d+)\.", str(err))  # read as level N > 0: level 0 is missing
+        refused = (f"{manifest} entry 0: level {level!r} is not a non-negative integer",
+                   f"{manifest} entry 0: missing ['level']")  # an empty level
+        assert present or str(err).startswith(refused)
+        as_level = int(present.group(1)) if present else None
+    assert as_level == as_label, level
+
+
+@FUZZ
+@given(name=names())
+def test_any_manifest_group_name_is_refused_or_a_file_name_inside_save_dir(tmp_path, name):
+    np.save(tmp_path / "a.npy", np.ones(16))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"group": name, "level": 0, "path": "a.npy"}]))
+    try:
+        [group] = read_manifest(manifest)
+    except DataError as err:
+        if name == "":
+            assert str(err).startswith(f"{manifest} entry 0: missing ['group']")
+        else:
+            assert str(err).startswith(f"{manifest} entry 0: group name ") and "names are 1-100" in str(err)
+        return
+    out = (tmp_path / "save").resolve()
+    assert group.name == name and (out / f"{name}.npz").resolve().parent == out and not name.startswith(".")
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", name)
+
+
+@FUZZ
+@given(stem=names().filter(lambda s: s not in ("", ".", "..") and "/" not in s and "\x00" not in s
+                           and len(s.encode()) < 200))
+def test_any_file_stem_is_refused_naming_the_file_or_a_plain_name(tmp_path, stem):
+    """File names may hold blanks, newlines, leading dots; the group name they give must still be plain."""
+    directory = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by the examples
+    path = directory / f"{stem}.npy"
+    np.save(path, np.ones((2, 8)))
+    try:
+        [group] = read_directory(directory)
+    except DataError as err:
+        assert str(err).startswith(f"{path}: group name ") and "is refused" in str(err)
+        return
+    assert group.name == path.stem and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", group.name)
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(0, 2 ** 40), min_size=0, max_size=3).map(tuple),
+       dtype=st.sampled_from(["<f8", "<f4", "<i8", "|u1", "<c16"]), held=st.integers(0, 4096))
+def test_declared_npy_sizes_are_checked_before_anything_is_allocated(tmp_path, shape, dtype, held):
+    """Whatever size a header declares, the reader allocates at most what the file holds (traced by tracemalloc)."""
+    import tracemalloc
+
+    path = tmp_path / "sample.npy"
+    path.write_bytes(npy_claiming(shape, dtype, b"\x00" * held))
+    tracemalloc.start()
+    try:
+        read_npy(path, allow_single=True)
+    except DataError as err:
+        assert str(err).startswith(f"{path}: ")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak} bytes allocated for a {held}-byte file declaring {shape} {dtype}"
+
+
+@pytest.mark.parametrize("how", ["bare", "build", "frombuffer"])
+@pytest.mark.parametrize("protocol", [2, 5])
+@FUZZ
+@given(rows=st.integers(0, 10 ** 9), width=st.sampled_from([3072, 1024, 1]), held=st.integers(0, 3 * 3072),
+       dtype=st.sampled_from(["u1", "<i8", "<f4"]))
+def test_crafted_cifar_arrays_never_exceed_the_file(tmp_path, how, protocol, rows, width, held, dtype):
+    """Any shape, dtype and payload through numpy's constructors: refused, or images made of the file's own bytes."""
+    import tracemalloc
+
+    payload = bytes(range(256)) * (held // 256) + bytes(held % 256)
+    path = tmp_path / "train"
+    path.write_bytes(crafted_cifar(crafted_array((rows, width), dtype, payload, how), [0] * min(rows, 3), b"labels",
+                                   protocol))
+    tracemalloc.start()
+    try:
+        images, labels = read_cifar_file(path, "labels", 10)
+    except DataError as err:
+        assert str(err).startswith(f"{path}")
+        return
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 16 << 20, f"{peak} bytes allocated for a {path.stat().st_size}-byte file"
+    assert images.tobytes() == payload and len(labels) == len(images) == rows

@@ -1,7 +1,10 @@
 """NMR file reading: .npz/.npy groups, directories, manifests over Bruker / Varian / NMRPipe files, FID processing."""
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import nmrglue as ng
@@ -371,3 +374,244 @@ def test_manifest_lengths_differ_within_group(tmp_path):
     manifest = npy_manifest(tmp_path, [("G", 0, "short.npy"), ("G", 1, "long.npy")], {"short.npy": 16, "long.npy": 20})
     with pytest.raises(DataError, match=r"long\.npy.*20 points.*short\.npy.*16"):
         read_manifest(manifest)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hardening (issue 16): group names, directory entries, level spellings, header values, declared sizes
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "", " ", ".hidden", "a\x00b", "x\n", "a/b", "..", "x" * 101])
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_manifest_group_names_that_are_not_plain_file_names_are_refused(tmp_path, name, kind):
+    """A group name becomes <save_dir>/<name>.npz: '../../x' and '/abs/x' wrote outside it, '' a hidden '.npz'."""
+    np.save(tmp_path / "a.npy", np.ones(16))
+    np.save(tmp_path / "b.npy", np.ones(16))
+    rows = [{"group": name, "level": 0, "path": "a.npy"}, {"group": name, "level": 1, "path": "b.npy"}]
+    if kind == "json":
+        manifest, where = tmp_path / "manifest.json", "entry 0"
+        manifest.write_text(json.dumps(rows))
+    else:
+        manifest, where = tmp_path / "manifest.csv", "line 2"
+        with manifest.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["group", "level", "path"])
+            writer.writerows([[row["group"], row["level"], row["path"]] for row in rows])
+    # an empty group (a blank CSV field: spaces around commas are layout) is the 'missing group' error
+    blank = name == "" or (kind == "csv" and name.strip(" \t") == "")
+    expected = r"missing \['group'\]" if blank else "group name .* is refused .*names are 1-100 characters"
+    with pytest.raises(DataError, match=f"^{manifest} {where}: {expected}"):
+        read_manifest(manifest)
+
+
+def test_real_group_names_are_accepted(tmp_path):
+    for name in ("sucrose_ns4", "Glc-2024.01", "_tmp", "7"):
+        np.save(tmp_path / f"{name}.npy", np.ones((2, 8)))
+    assert [g.name for g in read_directory(tmp_path)] == ["7", "Glc-2024.01", "_tmp", "sucrose_ns4"]
+
+
+@pytest.mark.parametrize("stem", [".hidden", "a b", "x\n", "-rf", "\u00e9t\u00e9"])
+def test_file_stems_that_are_not_plain_names_are_refused_naming_the_file(tmp_path, stem):
+    np.save(tmp_path / "good.npy", np.ones((2, 8)))
+    bad = tmp_path / f"{stem}.npy"
+    np.save(bad, np.ones((2, 8)))
+    with pytest.raises(DataError, match=f"^{re.escape(str(bad))}: group name .* is refused"):
+        read_directory(tmp_path)
+    with pytest.raises(DataError, match="is refused"):
+        read_npy(bad)
+
+
+def test_dangling_link_named_like_data_is_an_error_naming_it(tmp_path):
+    np.save(tmp_path / "s1.npy", np.ones((2, 8)))
+    (tmp_path / "s9.npz").symlink_to(tmp_path / "gone.npz")
+    with pytest.raises(DataError, match=r"s9\.npz: a symbolic link to .*gone\.npz, which does not exist"):
+        read_directory(tmp_path)
+
+
+def test_directory_named_like_data_is_an_error_naming_it(tmp_path):
+    np.save(tmp_path / "s1.npy", np.ones((2, 8)))
+    (tmp_path / "s2.npz").mkdir()
+    with pytest.raises(DataError, match=r"s2\.npz: named like a data file but it is not a regular file"):
+        read_directory(tmp_path)
+
+
+def test_upper_case_suffixes_are_read_not_skipped(tmp_path):
+    np.save(tmp_path / "s1.npy", np.ones((2, 8)))
+    (tmp_path / "S5.NPZ").write_bytes(_npz_bytes(spectra=np.zeros((2, 8))))
+    (tmp_path / "S6.Npy").write_bytes(_npy_bytes(np.zeros((2, 8))))
+    assert [g.name for g in read_directory(tmp_path)] == ["S5", "S6", "s1"]
+    assert read_single(_single(tmp_path / "ONE.NPY")).spectra.shape == (1, 8)
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _single(path: Path) -> Path:
+    path.write_bytes(_npy_bytes(np.ones(8)))
+    return path
+
+
+@pytest.mark.parametrize("level", ["\u0661", "\uff12", "\u0967", "\U0001d7cf", "1\n", "+1", "1_0", "9" * 5000])
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_levels_are_ascii_digits_only_as_in_image_lists(tmp_path, level, kind):
+    """'١' (Arabic-Indic one) and '２' (full-width two) were read as levels 1 and 2; 5000 digits crashed int()."""
+    np.save(tmp_path / "a.npy", np.ones(16))
+    np.save(tmp_path / "b.npy", np.ones(16))
+    if kind == "json":
+        manifest, where = tmp_path / "manifest.json", "entry 1"
+        manifest.write_text(json.dumps([{"group": "G", "level": 0, "path": "a.npy"},
+                                        {"group": "G", "level": level, "path": "b.npy"}]))
+    else:
+        if "\n" in level:
+            level = f'"{level}"'
+        manifest, where = tmp_path / "manifest.csv", "line 3"
+        manifest.write_text(f"group,level,path\nG,0,a.npy\nG,{level},b.npy\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"^{manifest} {where}: level .* is not a non-negative integer written with "
+                                        "the ASCII digits"):
+        read_manifest(manifest)
+
+
+def test_a_huge_level_is_a_missing_level_found_at_once(tmp_path):
+    """Level 10**18 made the gap search count to 10**18; the first gap lies below the number of levels."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError("the level check did not finish in 10 s")
+
+    np.save(tmp_path / "a.npy", np.ones(16))
+    np.save(tmp_path / "b.npy", np.ones(16))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"group": "G", "level": 0, "path": "a.npy"},
+                                    {"group": "G", "level": 10 ** 18, "path": "b.npy"}]))
+    signal.signal(signal.SIGALRM, stop)
+    signal.alarm(10)
+    try:
+        with pytest.raises(DataError, match=f"^{manifest}: group 'G': level 1 is missing"):
+            read_manifest(manifest)
+    finally:
+        signal.alarm(0)
+
+
+def _varian_ladder(tmp_path: Path, key: str, value: str) -> Path:
+    entries = write_ladder(tmp_path, "varian")
+    dic, data = ng.varian.read(str(tmp_path / "g/lvl1.fid"))
+    dic["procpar"][key]["values"] = [value]
+    ng.varian.write_procpar(str(tmp_path / "g/lvl1.fid/procpar"), dic["procpar"], overwrite=True)
+    write_csv(tmp_path / "manifest.csv", entries)
+    return tmp_path / "manifest.csv"
+
+
+@pytest.mark.parametrize("key, value", [("sfrq", "0"), ("sfrq", "-500"), ("sw", "0"), ("sw", "nan"),
+                                        ("rfl", "1e999"), ("rfp", "-inf"), ("sfrq", "abc")])
+def test_varian_header_values_of_the_ppm_axis_name_file_key_and_line(tmp_path, key, value):
+    manifest = _varian_ladder(tmp_path, key, value)
+    with pytest.raises(DataError, match=f"^{manifest} line 3 \\(.*lvl1.fid, format varian\\): header value procpar "
+                                        f"{key} = '{re.escape(value)}'"):
+        read_manifest(manifest)
+
+
+def _pipe_ladder(tmp_path: Path, key: str, value: float, time: bool = True) -> Path:
+    if time:
+        entries = write_ladder(tmp_path, "pipe")
+        path = tmp_path / "g/lvl1.fid"
+    else:
+        spectrum = process_fid(simulate_fid(0.05, seed=4), SW)
+        entries = []
+        for level in (0, 1):
+            ng.pipe.write(str(tmp_path / f"lvl{level}.ft1"), ng.pipe.create_dic(axis_udic(SIZE, time=False)),
+                          spectrum.astype(np.float32))
+            entries.append({"group": "g", "level": level, "path": f"lvl{level}.ft1"})
+        path = tmp_path / "lvl1.ft1"
+    dic, data = ng.pipe.read(str(path))
+    dic[key] = value
+    ng.pipe.write(str(path), dic, data, overwrite=True)
+    (tmp_path / "manifest.json").write_text(json.dumps(entries))
+    return tmp_path / "manifest.json"
+
+
+@pytest.mark.parametrize("key, value, time", [("FDF2OBS", 0.0, True), ("FDF2OBS", float("nan"), True),
+                                              ("FDF2SW", 0.0, True), ("FDF2CAR", float("inf"), True),
+                                              ("FDF2OBS", 0.0, False), ("FDF2SW", 0.0, False),
+                                              ("FDF2ORIG", float("nan"), False)])
+def test_nmrpipe_header_values_of_the_ppm_axis_name_file_key_and_entry(tmp_path, key, value, time):
+    """FDF2OBS = 0 in a frequency-domain file was silently taken as 1.0 MHz by nmrglue's make_uc."""
+    manifest = _pipe_ladder(tmp_path, key, value, time)
+    with pytest.raises(DataError, match=f"^{manifest} entry 1 \\(.*lvl1.ft?1?.*format pipe\\): header value {key} = "):
+        read_manifest(manifest)
+
+
+def test_bruker_observe_frequency_zero_names_file_and_line(tmp_path):
+    entries = write_ladder(tmp_path, "bruker")
+    procs = tmp_path / "g/exp1/pdata/1/procs"
+    procs.write_text(re.sub(r"##\$SF= .*", "##$SF= 0", procs.read_text()))
+    write_csv(tmp_path / "manifest.csv", entries)
+    with pytest.raises(DataError, match=r"manifest.csv line 3 \(.*exp1, format bruker\): header value obs "
+                                        r"\(procs SF, or acqus SFO1\) = 0"):
+        read_manifest(tmp_path / "manifest.csv")
+
+
+@pytest.mark.parametrize("shape", [(10 ** 12,), (1 << 20, 1 << 20), (3, 2 ** 40)])
+def test_npy_declaring_a_huge_array_is_refused_before_reading(tmp_path, shape):
+    from fuzz_data import npy_claiming
+
+    path = tmp_path / "big.npy"
+    path.write_bytes(npy_claiming(shape))
+    with pytest.raises(DataError, match=f"^{path}: its header declares a float64 array of shape .* over the limit "
+                                        "of 2,147,483,648 bytes per array; refused before reading"):
+        read_npy(path)
+    with pytest.raises(DataError, match=f"^{path}: its header declares"):
+        read_directory(tmp_path)
+
+
+def test_npz_member_declaring_a_huge_array_is_refused_before_reading(tmp_path):
+    import zipfile
+
+    from fuzz_data import npy_claiming
+
+    path = tmp_path / "big.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("spectra.npy", npy_claiming((10 ** 12,)))
+    with pytest.raises(DataError, match=f"^{path}: 'spectra': its header declares a float64 array of shape "
+                                        r"\(1000000000000,\) .* over the limit"):
+        read_npz(path)
+
+
+def test_size_limit_is_stated_and_overridable(tmp_path, monkeypatch):
+    import data_loader.nmr.io as nmr_io
+
+    np.save(tmp_path / "a.npy", np.ones((3, 32)))  # 768 bytes
+    np.savez(tmp_path / "b.npz", spectra=np.ones((3, 32)))
+    assert read_npy(tmp_path / "a.npy").spectra.shape == (3, 32)
+    with pytest.raises(DataError, match=r"\(768 bytes\), over the limit of 700 bytes"):
+        read_npy(tmp_path / "a.npy", max_bytes=700)
+    with pytest.raises(DataError, match=r"b\.npz: 'spectra': .*over the limit of 700 bytes"):
+        read_npz(tmp_path / "b.npz", max_bytes=700)
+    with pytest.raises(DataError, match=r"a\.npy: .*over the limit of 700 bytes"):
+        read_directory(tmp_path, max_bytes=700)
+    monkeypatch.setattr(nmr_io, "MAX_ARRAY_BYTES", 700)
+    with pytest.raises(DataError, match="over the limit of 700 bytes"):
+        read_directory(tmp_path)
+
+
+@pytest.mark.parametrize("extra", [-8, 8])
+def test_npy_whose_data_disagrees_with_its_header_is_refused(tmp_path, extra):
+    data = _npy_bytes(np.ones((3, 32)))
+    path = tmp_path / "a.npy"
+    path.write_bytes(data[:extra] if extra < 0 else data + b"\x00" * extra)
+    with pytest.raises(DataError, match=f"^{path}: its header declares 768 bytes of data but the file holds "
+                                        f"{768 + extra}"):
+        read_npy(path)
+
+
+def test_processing_size_is_bounded(tmp_path):
+    manifest = npy_manifest(tmp_path, [("G", 0, "a.npy"), ("G", 1, "b.npy")])
+    with pytest.raises(DataError, match="processing 'size' must be an integer from 2 to 16,777,216"):
+        read_manifest(manifest, processing={"size": 10 ** 12})

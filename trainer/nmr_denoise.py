@@ -29,6 +29,7 @@ from utils import dist
 from utils.errors import ConfigError, DataError
 from utils.plots import save_figure, spectrum_figure
 from utils.registry import TRAINERS
+from utils.safe_paths import path_inside
 
 # logged each validation epoch (test.py reports every key of model/nmr_metrics.py)
 REPORTED = ("snr_in", "snr_out", "snr_gain", "snr_p95_gain", "peak_f1", "peak_shift", "height_rel_err",
@@ -316,12 +317,16 @@ class NMRDenoiseTrainer(BaseTrainer):
         return readers[path.suffix](path, allow_single=True)
 
     def _write(self, output_dir: Path, name: str, noisy, denoised, reference, ppm) -> None:
+        """``<name>.npz`` and ``<name>.png`` directly inside ``output_dir``: the name must follow
+        ``utils.safe_paths.NAME_RULE`` and each resolved path must stay in ``output_dir`` (a DataError otherwise,
+        before anything is written), so a group name can never write elsewhere or create directories."""
+        arrays_path, figure_path = path_inside(output_dir, name, ".npz"), path_inside(output_dir, name, ".png")
         arrays = {"denoised": np.asarray(denoised, dtype=np.float64)}
         if ppm is not None:
             arrays["ppm"] = np.asarray(ppm, dtype=np.float64)
-        np.savez(Path(output_dir) / f"{name}.npz", **arrays)
+        np.savez(arrays_path, **arrays)
         figure = spectrum_figure(noisy, denoised, reference, ppm, title=name)
-        save_figure(figure, Path(output_dir) / f"{name}.png")
+        save_figure(figure, figure_path)
 
     def figures(self, title: str = "") -> dict[str, Any]:
         """Input, denoised, reference and residual of the first spectra of the last evaluation."""

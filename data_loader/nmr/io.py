@@ -18,7 +18,20 @@ File contract
   digital filter removed and processed with :func:`process_fid`), ``bruker_pdata`` (``pdata/N`` directory, real
   ``1r`` data as processed by TopSpin), ``varian`` (directory with ``fid`` + ``procpar``), ``pipe`` (NMRPipe file;
   time-domain data is processed with :func:`process_fid`, frequency-domain data gives its real part) and ``npy`` (one
-  ``(L,)`` spectrum). Each group must list levels ``0..K`` exactly once.
+  ``(L,)`` spectrum). Each group must list levels ``0..K`` exactly once; levels are written with the ASCII digits
+  0-9 only (no sign, no other script's digits, as in the image lists: ``utils.parsing.ascii_int``).
+
+Group names (manifest ``group`` values and the stems of ``NAME.npz`` / ``NAME.npy``) become output file names in
+``test.py --save_dir``, so they must follow ``utils.safe_paths.NAME_RULE``: 1-100 ASCII letters, digits, ``.``,
+``_``, ``-``, not starting with ``.`` or ``-`` (no path separators, blanks, NUL or newlines). In a directory, every
+entry whose suffix is ``.npz`` / ``.npy`` in any letter case (``S5.NPZ`` is read as group ``S5``) is read; one
+that is not a readable regular file (a dangling symbolic link, a directory) is an error naming it, never skipped.
+
+Declared sizes are checked before anything is allocated: an array (a .npy file, each .npz member) whose header
+declares more than ``MAX_ARRAY_BYTES`` bytes (2 GiB; ``max_bytes=`` overrides) is refused naming the file and the
+limit, as is a header whose size disagrees with the bytes the file holds. Vendor header values that define the ppm
+axis (Varian ``sw``, ``sfrq``, ``rfl``, ``rfp``; NMRPipe ``FDF2SW``, ``FDF2OBS``, ``FDF2CAR``/``FDF2ORIG``; Bruker
+spectral width, frequency and carrier) must be finite, and widths and frequencies > 0.
 
 Levels must be separate acquisitions with independent noise, for example K+1 experiments recorded with rising
 numbers of scans, each from its own scans. They must NOT be cumulative sums of the same scans (level 1 = scans
@@ -34,6 +47,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -43,13 +58,21 @@ import nmrglue as ng
 import numpy as np
 
 from utils.errors import DataError
+from utils.parsing import ascii_int
+from utils.safe_paths import check_name
 
 NPZ_KEYS = ("spectra", "ppm", "clean")
 FORMATS = ("bruker", "bruker_pdata", "varian", "pipe", "npy")
 PIPE_SUFFIXES = (".fid", ".ft", ".ft1")
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")
 MANIFEST_FIELDS = ("group", "level", "path", "format")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what ends a line for the csv reader (universal newlines)
 PROCESSING_DEFAULTS = {"lb_hz": 0.0, "size": None, "p0": 0.0, "p1": 0.0, "autophase": False}
+# Bounds on what a data file may make the reader allocate, checked against the declared sizes (the .npy header,
+# each .npz member's header) before any data is read. Override per call with ``max_bytes=`` or for the process by
+# assigning ``data_loader.nmr.io.MAX_ARRAY_BYTES``.
+MAX_ARRAY_BYTES = 2 << 30  # 2 GiB per array: a (K+1, L) float64 ladder is K * L * 8 bytes, ~1 MiB for 16 x 8192
+MAX_PROCESSING_SIZE = 1 << 24  # points of a processed spectrum (manifest processing 'size'; 16,777,216)
 EXPECTED_FILES = ("*.npz files with key 'spectra' of shape (K+1, L) (optional keys 'ppm', 'clean'), "
                   "*.npy files holding a (K+1, L) array, or a manifest.json / manifest.csv listing group,level,path")
 
@@ -157,8 +180,84 @@ def _make_group(name: str, spectra: np.ndarray, sources: list[str], ppm=None, cl
 # .npz / .npy
 
 
-def _load_array(path: Path, key: str | None = None):
-    """np.load with pickles refused; every failure becomes a DataError naming ``path``."""
+def _limit(max_bytes: int | None) -> int:
+    """The allocation bound in force: ``max_bytes`` when given, else the module's ``MAX_ARRAY_BYTES``."""
+    limit = MAX_ARRAY_BYTES if max_bytes is None else max_bytes
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DataError(f"max_bytes must be a positive integer (bytes), got {limit!r}")
+    return limit
+
+
+def _npy_header(handle, where: str, limit: int) -> int:
+    """Read the .npy header at ``handle``'s position and return the data bytes it declares (handle left at the data).
+
+    Object dtypes (which would need unpickling) and arrays over ``limit`` bytes are refused here, before any of the
+    data is read or allocated.
+    """
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise DataError(f"{where}: .npy format version {version[0]}.{version[1]} is not supported (np.save writes "
+                            "1.0 or 2.0 for numeric arrays); save it again with np.save")
+    except DataError:
+        raise
+    except Exception as exc:  # short or garbled header: ValueError, EOFError, SyntaxError, zlib.error, ...
+        raise DataError(f"{where}: the .npy header cannot be read ({type(exc).__name__}: {exc}); the file is "
+                        "truncated or corrupt, save it again with np.save / np.savez") from exc
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds an object array, which is refused (it would need unpickling); "
+                        "store a plain float array")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > limit:
+        raise DataError(f"{where}: its header declares a {dtype} array of shape {shape} ({nbytes:,} bytes), over the "
+                        f"limit of {limit:,} bytes per array; refused before reading. If the array is real, raise the "
+                        "limit (max_bytes=, or data_loader.nmr.io.MAX_ARRAY_BYTES)")
+    return nbytes
+
+
+def _check_npy_file(path: Path, limit: int) -> None:
+    """An .npy file's header is sane, under ``limit`` and matches the bytes that follow it."""
+    with open(path, "rb") as handle:
+        nbytes = _npy_header(handle, str(path), limit)
+        held = os.fstat(handle.fileno()).st_size - handle.tell()
+    if held != nbytes:
+        raise DataError(f"{path}: its header declares {nbytes:,} bytes of data but the file holds {held:,}; the file "
+                        "is truncated or corrupt, save it again with np.save")
+
+
+def _check_npz_member(archive, path: Path, key: str, limit: int) -> None:
+    """Member ``key`` of an .npz archive is an .npy array under ``limit`` whose header matches the member's size."""
+    member = f"{key}.npy"
+    where = f"{path}: '{key}'"
+    try:
+        info = archive.zip.getinfo(member)
+    except KeyError:
+        raise DataError(f"{where} is not an .npy array member (raw bytes); save the archive with np.savez") from None
+    try:
+        with archive.zip.open(member) as handle:
+            nbytes = _npy_header(handle, where, limit)
+            header = handle.tell()  # ZipExtFile.tell counts uncompressed bytes read
+    except DataError:
+        raise
+    except Exception as exc:  # bad local header, encryption, unknown compression, ...
+        raise DataError(f"{where} cannot be read ({type(exc).__name__}: {exc}); the archive is truncated or corrupt, "
+                        "save it again with np.savez") from exc
+    if info.file_size - header != nbytes:
+        raise DataError(f"{where}: its header declares {nbytes:,} bytes of data but the archive member holds "
+                        f"{info.file_size - header:,}; the archive is corrupt, save it again with np.savez")
+
+
+def _load_array(path: Path, key: str | None = None, max_bytes: int | None = None):
+    """np.load with pickles refused and declared sizes checked first; every failure is a DataError naming ``path``.
+
+    Without ``key``: the array of an .npy file, or the (still unread) NpzFile of an .npz archive. With ``key``: that
+    member of the archive at ``path``.
+    """
+    limit = _limit(max_bytes)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
     with open(path, "rb") as handle:
@@ -166,6 +265,8 @@ def _load_array(path: Path, key: str | None = None):
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):  # np.load would try to unpickle it
         raise DataError(f"{path}: not a NumPy file (no .npy header or .npz archive: truncated, or another format); "
                         "save it with np.save / np.savez")
+    if magic == b"\x93NUMPY":
+        _check_npy_file(path, limit)
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # truncated or corrupt: OSError, ValueError, EOFError, zipfile.BadZipFile, ...
@@ -176,6 +277,7 @@ def _load_array(path: Path, key: str | None = None):
                         "truncated or corrupt, save it again with np.save / np.savez") from exc
     if key is None:
         return loaded
+    _check_npz_member(loaded, path, key, limit)
     try:
         return loaded[key]
     except Exception as exc:  # object arrays raise ValueError here with allow_pickle=False; damaged members others
@@ -186,9 +288,9 @@ def _load_array(path: Path, key: str | None = None):
                         "or corrupt, save it again with np.savez") from exc
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+def _npz_arrays(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """The arrays of an .npz file, refusing unknown keys and a missing 'spectra'."""
-    archive = _load_array(path)
+    archive = _load_array(path, max_bytes=max_bytes)
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: is a .npy array, not an .npz archive; rename it to .npy or save with np.savez")
     with archive:
@@ -199,33 +301,48 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
                             "('spectra' required)")
         if "spectra" not in keys:
             raise DataError(f"{path}: no 'spectra' key (keys: {keys}); save the (K+1, L) array as spectra=...")
-        return {key: _load_array(path, key) for key in keys}
+        return {key: _load_array(path, key, max_bytes) for key in keys}
 
 
-def read_npz(path, *, allow_single: bool = False) -> SpectrumGroup:
-    """Read one group from ``NAME.npz`` (keys spectra (K+1, L), optional ppm (L,), clean (L,)); name = ``NAME``."""
+def _stem_name(path: Path) -> str:
+    """The group name a file gives, ``NAME`` of ``NAME.npz``, checked against NAME_RULE (it names output files)."""
+    return check_name(path.stem, str(path), "group name (the file name without its suffix)")
+
+
+def read_npz(path, *, allow_single: bool = False, max_bytes: int | None = None) -> SpectrumGroup:
+    """Read one group from ``NAME.npz`` (keys spectra (K+1, L), optional ppm (L,), clean (L,)); name = ``NAME``.
+
+    ``max_bytes``: bound on each array's declared size (default ``MAX_ARRAY_BYTES``).
+    """
     path = Path(path)
-    arrays = _npz_arrays(path)
-    return _make_group(path.stem, arrays["spectra"], [str(path)], arrays.get("ppm"), arrays.get("clean"),
-                       allow_single)
+    name = _stem_name(path)
+    arrays = _npz_arrays(path, max_bytes)
+    return _make_group(name, arrays["spectra"], [str(path)], arrays.get("ppm"), arrays.get("clean"), allow_single)
 
 
-def read_npy(path, *, allow_single: bool = False) -> SpectrumGroup:
-    """Read one group from ``NAME.npy`` holding a (K+1, L) array; name = ``NAME``."""
+def read_npy(path, *, allow_single: bool = False, max_bytes: int | None = None) -> SpectrumGroup:
+    """Read one group from ``NAME.npy`` holding a (K+1, L) array; name = ``NAME``.
+
+    ``max_bytes``: bound on the array's declared size (default ``MAX_ARRAY_BYTES``).
+    """
     path = Path(path)
-    array = _load_array(path)
+    name = _stem_name(path)
+    array = _load_array(path, max_bytes=max_bytes)
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: is an .npz archive, not a .npy array; rename it to .npz")
-    return _make_group(path.stem, array, [str(path)], allow_single=allow_single)
+    return _make_group(name, array, [str(path)], allow_single=allow_single)
 
 
-def read_single(path) -> SpectrumGroup:
-    """One spectrum for inference from .npz/.npy: an (L,) array or a single row (1, L) -> group with (1, L)."""
+def read_single(path, *, max_bytes: int | None = None) -> SpectrumGroup:
+    """One spectrum for inference from .npz/.npy: an (L,) array or a single row (1, L) -> group with (1, L).
+
+    The suffix is matched in any letter case (``S5.NPY`` is read like ``S5.npy``).
+    """
     path = Path(path)
     readers = {".npz": read_npz, ".npy": read_npy}
-    if path.suffix not in readers:
+    if path.suffix.lower() not in readers:
         raise DataError(f"{path}: unsupported extension '{path.suffix}'; give a .npz (key 'spectra') or .npy file")
-    group = readers[path.suffix](path, allow_single=True)
+    group = readers[path.suffix.lower()](path, allow_single=True, max_bytes=max_bytes)
     if group.spectra.shape[0] != 1:
         raise DataError(f"{path}: holds {group.spectra.shape[0]} spectra; read_single takes one spectrum of shape "
                         "(L,) or (1, L) (use read_npz/read_npy for a group of levels)")
@@ -300,8 +417,10 @@ def _check_processing(processing: dict | None, where: str) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
             raise DataError(f"{where}: processing '{key}' must be a finite number, got {value!r}")
     size = merged["size"]
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
-        raise DataError(f"{where}: processing 'size' must be an integer >= 2 or null (auto), got {size!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not 2 <= size <= MAX_PROCESSING_SIZE):
+        raise DataError(f"{where}: processing 'size' must be an integer from 2 to {MAX_PROCESSING_SIZE:,} "
+                        f"(data_loader.nmr.io.MAX_PROCESSING_SIZE) or null (auto), got {size!r}")
     if not isinstance(merged["autophase"], bool):
         raise DataError(f"{where}: processing 'autophase' must be true or false, got {merged['autophase']!r}")
     return merged
@@ -311,8 +430,34 @@ def _check_processing(processing: dict | None, where: str) -> dict:
 # vendor formats: each reader returns (spectrum (L,) float64, ppm (L,) or None)
 
 
-def _ppm_from_udic(udic: dict) -> np.ndarray:
-    """ppm axis of the last dimension of an nmrglue universal dictionary."""
+def _header_value(value, key: str, where: str, positive: bool) -> float:
+    """A header value that defines the ppm axis as a float: finite, and > 0 when ``positive`` (widths, frequencies).
+
+    A zero observe frequency or an infinite reference would give an axis of Inf/NaN (or, in nmrglue's NMRPipe
+    reader, silently 1.0); the error names the file (``where`` holds the manifest line) and the key.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: header value {key} = {value!r} is not a number; it defines the ppm axis, use the "
+                        "parameter files the spectrometer wrote") from None
+    if not math.isfinite(number) or (positive and not number > 0):
+        need = "a finite number > 0" if positive else "a finite number"
+        raise DataError(f"{where}: header value {key} = {value!r} must be {need} (it defines the ppm axis); use the "
+                        "parameter files the spectrometer wrote, or fix the value")
+    return number
+
+
+# which Bruker parameters nmrglue's guess_udic takes each universal-dictionary value from, for messages
+_BRUKER_UDIC_KEYS = {"sw": "sw (acqus SW_h, or procs SW_p)", "obs": "obs (procs SF, or acqus SFO1)",
+                     "car": "car (acqus SFO1 - procs SF, or acqus O1, or procs OFFSET)"}
+
+
+def _ppm_from_udic(udic: dict, where: str) -> np.ndarray:
+    """ppm axis of the last dimension of an nmrglue universal dictionary (of a Bruker file), values checked."""
+    axis = udic[udic["ndim"] - 1]
+    for key, positive in (("sw", True), ("obs", True), ("car", False)):
+        _header_value(axis.get(key), _BRUKER_UDIC_KEYS[key], where, positive)
     return np.asarray(ng.fileiobase.uc_from_udic(udic).ppm_scale(), dtype=np.float64)
 
 
@@ -351,8 +496,9 @@ def _read_bruker(path: Path, where: str, options: dict):
     size = options["size"] or default_size(data.shape[-1])  # from the TD before the filter trims a few points
     # truncate=False removes the exact (fractional) group delay; truncating leaves a first-order phase error
     data = ng.bruker.remove_digital_filter(dic, data, truncate=False)
-    spectrum = _process(data, float(acqus["SW_h"]), size, options, where)
-    return spectrum, _ppm_from_udic(_guess_udic(ng.bruker, dic, spectrum, where))
+    sw = _header_value(acqus.get("SW_h"), "acqus SW_h", where, positive=True)
+    spectrum = _process(data, sw, size, options, where)
+    return spectrum, _ppm_from_udic(_guess_udic(ng.bruker, dic, spectrum, where), where)
 
 
 def _read_bruker_pdata(path: Path, where: str, options: dict):
@@ -360,16 +506,17 @@ def _read_bruker_pdata(path: Path, where: str, options: dict):
     dic, data = ng.bruker.read_pdata(str(path))
     data = _one_dimensional(data, where)
     udic = _guess_udic(ng.bruker, dic, data, where, strip_fake=True)
-    return _real_float(data, where), _ppm_from_udic(udic)
+    return _real_float(data, where), _ppm_from_udic(udic, where)
 
 
-def _procpar_float(procpar: dict, key: str, where: str) -> float:
-    """A numeric procpar parameter, or a DataError naming it."""
+def _procpar_float(procpar: dict, key: str, where: str, positive: bool = False) -> float:
+    """A numeric procpar parameter, finite (and > 0 when ``positive``), or a DataError naming it."""
     try:
-        return float(procpar[key]["values"][0])
-    except (KeyError, IndexError, ValueError) as exc:
+        value = procpar[key]["values"][0]
+    except (KeyError, IndexError, TypeError) as exc:
         raise DataError(f"{where}: procpar lacks a numeric '{key}' (needed for the ppm axis); "
                         "use the procpar the spectrometer wrote") from exc
+    return _header_value(value, f"procpar {key}", where, positive)
 
 
 def _read_varian(path: Path, where: str, options: dict):
@@ -377,7 +524,8 @@ def _read_varian(path: Path, where: str, options: dict):
     dic, data = ng.varian.read(str(path))
     data = _one_dimensional(data, where)
     procpar = dic["procpar"]
-    sw, sfrq, rfl, rfp = (_procpar_float(procpar, key, where) for key in ("sw", "sfrq", "rfl", "rfp"))
+    sw, sfrq = (_procpar_float(procpar, key, where, positive=True) for key in ("sw", "sfrq"))
+    rfl, rfp = (_procpar_float(procpar, key, where) for key in ("rfl", "rfp"))
     spectrum = _process(data, sw, options["size"], options, where)
     # VnmrJ: a point x Hz from the spectrum's right edge lies at x - rfl + rfp Hz, so the centre is at:
     car = sw / 2 - rfl + rfp
@@ -398,7 +546,11 @@ def _read_pipe(path: Path, where: str, options: dict):
     if int(dic["FDDIMCOUNT"]) != 1:
         raise DataError(f"{where}: NMRPipe file has {int(dic['FDDIMCOUNT'])} dimensions; only 1D is supported")
     data = _one_dimensional(data, where)
+    # nmrglue's make_uc would silently take SW = 0 or OBS = 0 as 1.0
+    sw = _header_value(dic["FDF2SW"], "FDF2SW", where, positive=True)
+    obs = _header_value(dic["FDF2OBS"], "FDF2OBS", where, positive=True)
     if dic["FDF2FTFLAG"] != 0:  # already frequency domain: ORIG-based axis also covers extracted regions
+        _header_value(dic["FDF2ORIG"], "FDF2ORIG", where, positive=False)
         return _real_float(data.real, where), np.asarray(ng.pipe.make_uc(dic, data).ppm_scale(), dtype=np.float64)
     if dic["FDF2QUADFLAG"] == 1 or data.dtype.kind != "c":
         raise DataError(f"{where}: real-only time-domain NMRPipe data is not supported; convert with complex "
@@ -409,14 +561,14 @@ def _read_pipe(path: Path, where: str, options: dict):
     if dic["FDF2AQSIGN"] in (16, 17, 18):
         data = np.conj(data)
     data = _pipe_remove_dmx(dic, data)
-    spectrum = _process(data, float(dic["FDF2SW"]), options["size"], options, where)
-    obs = float(dic["FDF2OBS"])
-    return spectrum, ppm_axis(spectrum.shape[-1], dic["FDF2SW"], obs, float(dic["FDF2CAR"]) * obs)
+    spectrum = _process(data, sw, options["size"], options, where)
+    car_ppm = _header_value(dic["FDF2CAR"], "FDF2CAR", where, positive=False)
+    return spectrum, ppm_axis(spectrum.shape[-1], sw, obs, car_ppm * obs)
 
 
 def _read_npy_row(path: Path, where: str, options: dict):
     """One spectrum (L,) (or a single row (1, L)) from a .npy file; no axis."""
-    array = _load_array(path)
+    array = _load_array(path, max_bytes=options.get("max_bytes"))
     if not isinstance(array, np.ndarray):
         raise DataError(f"{where}: {path} is an .npz archive; format 'npy' needs a .npy file of shape (L,)")
     array = _real_float(array, where)
@@ -475,12 +627,13 @@ class _Entry:
 
 
 def _parse_level(value, where: str) -> int:
-    """Manifest levels are non-negative integers (JSON ints or CSV digit strings); nothing is rounded."""
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise DataError(f"{where}: level {value!r} is not a non-negative integer; levels are 0..K, 0 = noisiest")
+    """Manifest levels are non-negative integers: JSON ints, or strings of ASCII digits (the CSV spelling; the
+    same rule as image-list labels, ``utils.parsing.ascii_int``); nothing is rounded or read from other scripts."""
+    level = ascii_int(value) if isinstance(value, str) else value
+    if isinstance(level, int) and not isinstance(level, bool) and level >= 0:
+        return level
+    raise DataError(f"{where}: level {value!r} is not a non-negative integer written with the ASCII digits 0-9; "
+                    "levels are 0..K, 0 = noisiest")
 
 
 def _make_entry(raw: dict, base: Path, where: str) -> _Entry:
@@ -496,7 +649,8 @@ def _make_entry(raw: dict, base: Path, where: str) -> _Entry:
         raise DataError(f"{where}: 'group' and 'path' must be strings, got {group!r} and {path!r}")
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"{where}: unknown format {fmt!r}; use one of {list(FORMATS)} or leave it empty to infer")
-    return _Entry(group.strip(), _parse_level(raw["level"], where), base / path.strip(), fmt, where)
+    check_name(group, where, "group name")  # as given: a name with blanks or a newline is refused, not trimmed
+    return _Entry(group, _parse_level(raw["level"], where), base / path.strip(), fmt, where)
 
 
 def _parse_json(path: Path) -> tuple[list[_Entry], dict]:
@@ -533,10 +687,13 @@ def _parse_csv(path: Path) -> list[_Entry]:
                 raise DataError(f"{path} line 1: header is {header}; expected group,level,path[,format]")
             entries = []
             for row in reader:
-                where = f"{path} line {reader.line_num}"
+                # the line the record starts on: line_num is where it ends, after any quoted line breaks
+                breaks = sum(len(_LINE_BREAK.findall(value)) for value in row.values() if isinstance(value, str))
+                where = f"{path} line {reader.line_num - breaks}"
                 if None in row or None in row.values():
                     raise DataError(f"{where}: expected {len(header)} comma-separated fields, as in the header")
-                record = {key.strip(): value.strip() for key, value in row.items()}
+                # spaces and tabs around the commas are layout; anything else (a quoted newline) is content
+                record = {key.strip(" \t"): value.strip(" \t") for key, value in row.items()}
                 entries.append(_make_entry(record, path.parent, where))
             return entries
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -551,11 +708,15 @@ def _check_levels(name: str, entries: list[_Entry], manifest: Path) -> list[_Ent
             raise DataError(f"{manifest}: group {name!r}: level {entry.level} appears twice ({seen[entry.level].where}"
                             f" and {entry.where}); each level must be listed exactly once")
         seen[entry.level] = entry
-    for level in range(max(seen) + 1):
-        if level not in seen:
-            present = ", ".join(str(k) for k in sorted(seen))
-            raise DataError(f"{manifest}: group {name!r}: level {level} is missing; levels present: {present}. "
-                            "Levels must be 0..K, each exactly once")
+    # levels 0..K with no gap means the largest is len - 1; else the first gap lies below len (never loop to a
+    # huge level such as 10**18 written in the file)
+    missing = next((level for level in range(len(seen)) if level not in seen), None)
+    if missing is not None:
+        present = sorted(seen)
+        shown = ", ".join(str(k) for k in present[:20])
+        shown += f", ... ({len(present)} in all)" if len(present) > 20 else ""
+        raise DataError(f"{manifest}: group {name!r}: level {missing} is missing; levels present: {shown}. "
+                        "Levels must be 0..K, each exactly once")
     return [seen[level] for level in range(len(seen))]
 
 
@@ -597,11 +758,12 @@ def _assemble(name: str, entries: list[_Entry], options: dict) -> SpectrumGroup:
     return _make_group(name, np.stack([spectrum for spectrum, _ in results]), sources, ppm0, allow_single=True)
 
 
-def read_manifest(path, processing: dict | None = None) -> list[SpectrumGroup]:
+def read_manifest(path, processing: dict | None = None, *, max_bytes: int | None = None) -> list[SpectrumGroup]:
     """Groups described by a manifest.json / manifest.csv, sorted by group name.
 
     ``processing`` (keys lb_hz, size, p0, p1, autophase) applies to raw FIDs (bruker, varian, time-domain pipe); for
-    a JSON manifest it overrides the manifest's own ``processing`` object key by key.
+    a JSON manifest it overrides the manifest's own ``processing`` object key by key. ``max_bytes``: bound on the
+    declared size of each ``npy`` array (default ``MAX_ARRAY_BYTES``).
     """
     path = Path(path)
     if not path.is_file():
@@ -613,6 +775,7 @@ def read_manifest(path, processing: dict | None = None) -> list[SpectrumGroup]:
     else:
         raise DataError(f"{path}: a manifest must be .json or .csv")
     options = _check_processing({**_check_processing(own, str(path)), **(processing or {})}, str(path))
+    options["max_bytes"] = _limit(max_bytes)  # added after the check: not a key a manifest can set
     if not entries:
         raise DataError(f"{path}: the manifest lists no entries")
     by_group: dict[str, list[_Entry]] = {}
@@ -661,12 +824,36 @@ def _check_level_counts(groups: list[SpectrumGroup], levels: int | None, allow_s
                             "K+1 >= 2 levels per group (pass allow_single=True, or use read_single for inference)")
 
 
-def read_directory(directory, levels: int | None = None, allow_single: bool = False) -> list[SpectrumGroup]:
-    """All groups in ``directory`` sorted by name: every ``*.npz`` / ``*.npy`` file plus the groups of its
-    ``manifest.json`` / ``manifest.csv`` (files the manifest points at are not read again as groups).
+def _directory_files(directory: Path) -> list[Path]:
+    """The ``.npz`` / ``.npy`` entries of ``directory`` (suffix in any letter case), sorted by name.
 
-    Other files (README, ...) are ignored. Every group must have ``levels`` rows when given, else all groups the
-    same count; duplicate group names are errors.
+    An entry with such a suffix that is not a regular file is an error naming it: a dangling symbolic link, a
+    directory, a socket. Nothing that looks like data is skipped in silence.
+    """
+    found = []
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
+        if path.suffix.lower() not in (".npz", ".npy"):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; restore the target "
+                            "or remove the link")
+        if not path.is_file():
+            raise DataError(f"{path}: named like a data file but it is not a regular file (a directory?); rename or "
+                            "remove it")
+        found.append(path)
+    return found
+
+
+def read_directory(directory, levels: int | None = None, allow_single: bool = False, *,
+                   max_bytes: int | None = None) -> list[SpectrumGroup]:
+    """All groups in ``directory`` sorted by name: every ``*.npz`` / ``*.npy`` file (suffix in any case: ``S5.NPZ``
+    is group ``S5``) plus the groups of its ``manifest.json`` / ``manifest.csv`` (files the manifest points at are
+    not read again as groups).
+
+    Other files (README, ...) are ignored; a ``.npz``/``.npy`` entry that is not a readable regular file (a dangling
+    link, a directory) is an error. Every group must have ``levels`` rows when given, else all groups the same
+    count; duplicate group names are errors. Group names follow ``NAME_RULE``. ``max_bytes``: bound on each array's
+    declared size (default ``MAX_ARRAY_BYTES``).
     """
     directory = Path(directory)
     if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 1):
@@ -674,12 +861,12 @@ def read_directory(directory, levels: int | None = None, allow_single: bool = Fa
     if not directory.is_dir():
         raise DataError(f"{directory}: data directory not found; it should hold {EXPECTED_FILES}")
     manifest = _manifest_in(directory)
-    groups = read_manifest(manifest) if manifest else []
+    groups = read_manifest(manifest, max_bytes=max_bytes) if manifest else []
     taken = _referenced_paths(groups)
     readers = {".npz": read_npz, ".npy": read_npy}
-    for path in sorted(directory.iterdir(), key=lambda p: p.name):
-        if path.is_file() and path.suffix in readers and path.resolve() not in taken:
-            groups.append(readers[path.suffix](path, allow_single=allow_single))
+    for path in _directory_files(directory):
+        if path.resolve() not in taken:
+            groups.append(readers[path.suffix.lower()](path, allow_single=allow_single, max_bytes=max_bytes))
     if not groups:
         raise DataError(f"{directory}: no usable files; expected {EXPECTED_FILES}")
     names: dict[str, SpectrumGroup] = {}
