@@ -18,16 +18,18 @@ import torch
 
 from data_loader.nmr.preprocess import (
     MAD_TO_SIGMA,
+    RankPlan,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
-    estimate_shift,
-    fourier_shift,
     local_shifts,
     median_and_mad,
-    pack_masked,
+    pack_index,
     peak_mask,
-    robust_scale,
+    quantile,
+    scale_packed,
+    shift_from_cross,
+    shift_transformed,
 )
 
 Weighting = Literal["inverse_variance", "snr", "top_only"]
@@ -113,8 +115,10 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
     return _snr(spectra, peaks, base, MAD_TO_SIGMA * mad if sigma is None else sigma)
 
 
-def _snr(spectra: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    p95 = torch.nanquantile(pack_masked(spectra, peaks).double(), 0.95, dim=1).to(spectra.dtype)
+def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(P95 of the ``peaks`` points of each row of ``values`` − ``base``) / ``sigma``; 0 for a row without peaks.
+    ``values`` may be the full rows with their mask or packed rows with their ``valid`` flags."""
+    p95 = quantile(values, 0.95, peaks)
     return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
 
 
@@ -136,13 +140,8 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     if levels < 2:
         raise ValueError(f"a ladder needs at least 2 levels, got {levels}")
     x = spectra.float()
-    top = x[:, -1]
-    flat = x.reshape(batch * levels, length)
     if align:
-        shifts = estimate_shift(flat, top.repeat_interleave(levels, 0), search=max_shift).view(batch, levels)
-        shifts = shifts - shifts[:, :1]   # relative to level 0, which stays where it is
-        x = fourier_shift(flat, -shifts.flatten()).view(batch, levels, length)
-        x[:, 0] = spectra[:, 0]
+        x, shifts = _align_global(x, max_shift)
         if anchor_peaks:
             x = _align_anchors(x, anchor_peaks, anchor_window)
             x[:, 0] = spectra[:, 0]
@@ -151,22 +150,51 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     top = x[:, -1]
     peaks = peak_mask(top, alpha=alpha, dilate=dilate)
     baseline = baseline_mask(peaks, erode=erode)
+    # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
+    index, counts = pack_index(peaks)
+    valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
+    flat = x.reshape(batch * levels, length)
+    packed = x.gather(2, index[:, None].expand(batch, levels, -1)).flatten(0, 1)
     if rescale:
-        scales = robust_scale(x.reshape(batch * levels, length), top.repeat_interleave(levels, 0),
-                              peaks.repeat_interleave(levels, 0)).view(batch, levels)
-        scales = scales / scales[:, :1]
+        noise = MAD_TO_SIGMA * median_and_mad(flat)[1]
+        top_packed = packed.view(batch, levels, -1)[:, -1:].expand(batch, levels, -1).flatten(0, 1)
+        scales = scale_packed(packed, top_packed, valid, noise, group=levels).view(batch, levels)
+        scales = (scales / scales[:, :1]).float()
         x = x * scales[..., None]
+        flat = x.reshape(batch * levels, length)
+        packed = packed * scales.flatten()[:, None]
     else:
         scales = torch.ones(batch, levels, device=x.device)
-    level_base = baseline.repeat_interleave(levels, 0)
-    flat = x.reshape(batch * levels, length)
-    base, mad = median_and_mad(flat, level_base)   # one pass gives plan_snr's baseline level and robust_sigma's σ
+    plan = RankPlan.build(baseline, 0.5, levels)
+    # one pass gives plan_snr's baseline level and robust_sigma's σ
+    base, mad = (plan.median_and_mad(flat) if plan is not None
+                 else median_and_mad(flat, baseline.repeat_interleave(levels, 0)))
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
-    snr = _snr(flat, peaks.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
+    snr = _snr(packed, valid.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
     target = (weights[..., None] * x).sum(1)
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
                   weights=weights, shifts=shifts, scales=scales)
+
+
+def _align_global(x: torch.Tensor, max_shift: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every level of ``x`` ``(B, K+1, L)`` moved by its offset to the top level minus level 0's, so level 0 stays
+    as it is: the aligned ladders and the shifts ``(B, K+1)`` removed.
+
+    One rfft of every level serves both the cross spectra (the top level's transform is one of them) and the
+    phase-ramp shift; the top level's own offset is 0 exactly (its cross spectrum |R|² is real), so it is not
+    estimated; level 0 is not transformed back."""
+    batch, levels, length = x.shape
+    transform = torch.fft.rfft(x, dim=-1)                                                # (B, K+1, F)
+    cross = transform[:, :-1] * transform[:, -1:].conj()
+    offsets = torch.zeros(batch, levels, dtype=x.dtype, device=x.device)
+    offsets[:, :-1] = shift_from_cross(cross.flatten(0, 1), length, max_shift).view(batch, levels - 1)
+    shifts = offsets - offsets[:, :1]
+    moved = shift_transformed(transform[:, 1:].flatten(0, 1), -shifts[:, 1:].flatten(), length)
+    aligned = torch.empty_like(x)
+    aligned[:, 0] = x[:, 0]
+    aligned[:, 1:] = moved.view(batch, levels - 1, length)
+    return aligned, shifts
 
 
 def _align_anchors(x: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
