@@ -25,7 +25,7 @@ from data_loader.nmr.preprocess import (
     local_shifts,
     median_and_mad,
     pack_index,
-    peak_mask,
+    peak_mask_from,
     quantile,
     scale_packed,
     shift_from_cross,
@@ -148,15 +148,18 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     else:
         shifts = torch.zeros(batch, levels, device=x.device)
     top = x[:, -1]
-    peaks = peak_mask(top, alpha=alpha, dilate=dilate)
+    flat = x.reshape(batch * levels, length)
+    # each level's median and MAD over all its points: the top level's choose the peaks, the others' say which
+    # points stand clear of the noise when rescaling
+    median, mad = median_and_mad(flat if rescale else top)
+    peaks = peak_mask_from(top, median.view(batch, -1)[:, -1], mad.view(batch, -1)[:, -1], alpha=alpha, dilate=dilate)
     baseline = baseline_mask(peaks, erode=erode)
     # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
     index, counts = pack_index(peaks)
     valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
-    flat = x.reshape(batch * levels, length)
     packed = x.gather(2, index[:, None].expand(batch, levels, -1)).flatten(0, 1)
     if rescale:
-        noise = MAD_TO_SIGMA * median_and_mad(flat)[1]
+        noise = MAD_TO_SIGMA * mad
         top_packed = packed.view(batch, levels, -1)[:, -1:].expand(batch, levels, -1).flatten(0, 1)
         scales = scale_packed(packed, top_packed, valid, noise, group=levels).view(batch, levels)
         scales = (scales / scales[:, :1]).float()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,11 @@ def pack_masked(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return values.gather(1, index), valid
 
 
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="nmr-select")
+
+
 def _select(buffer: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``m``-th and ``(m+1)``-th smallest value (0-based) of each row of ``buffer`` ``(N, W)``, which is
     overwritten (+inf when a row has no ``m+1``-th).
@@ -64,7 +70,14 @@ def _select(buffer: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     minimum of what lies beyond. Elsewhere one sort per row (fast on a GPU)."""
     width = buffer.shape[1]
     if buffer.device.type == "cpu":
-        buffer.numpy().partition(m, axis=1)
+        array = buffer.numpy()
+        threads = min(torch.get_num_threads(), len(array), 8)
+        if threads > 1 and array.size >= 1 << 18:
+            # NumPy releases the GIL while it partitions: blocks of rows on as many threads as torch uses
+            blocks = np.array_split(np.arange(len(array)), threads)
+            list(_pool(threads).map(lambda rows: array[rows[0]:rows[-1] + 1].partition(m, axis=1), blocks))
+        else:
+            array.partition(m, axis=1)
         beyond = buffer[:, m + 1:].amin(1) if m + 1 < width else torch.full_like(buffer[:, 0], math.inf)
         return buffer[:, m], beyond
     ordered = buffer.sort(dim=1).values
@@ -167,8 +180,13 @@ def peak_mask(spectra: torch.Tensor, alpha: float = 5.0, window: int = 11, order
               dilate: int = 5) -> torch.Tensor:
     """Points belonging to peaks, ``(B, L)`` bool: the Savitzky-Golay-smoothed spectrum exceeds its median by
     more than ``alpha`` times the MAD-based noise level of the raw spectrum, dilated by ``dilate`` points."""
+    return peak_mask_from(spectra, *median_and_mad(spectra), alpha, window, order, dilate)
+
+
+def peak_mask_from(spectra: torch.Tensor, median: torch.Tensor, mad: torch.Tensor, alpha: float = 5.0,
+                   window: int = 11, order: int = 3, dilate: int = 5) -> torch.Tensor:
+    """:func:`peak_mask` with the spectra's median and MAD ``(B,)`` already known."""
     smooth = savgol_smooth(spectra, window, order)
-    median, mad = median_and_mad(spectra)
     noise = MAD_TO_SIGMA * mad
     # the smoothed spectrum has less noise: compare against the noise it keeps, plus the raw median
     gain = _savgol_gain(window, order)
@@ -273,20 +291,49 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
         if search is not None:
             corr = torch.where(lags.abs()[None] <= search, corr, torch.full_like(corr, -math.inf))
     tau = lags[corr.argmax(dim=1)].to(work)
+    if iterations == 0:
+        return tau
+    # Newton steps on δ = τ - τ0 from a Taylor series of c around the integer lag τ0, so that each step costs
+    # O(terms) instead of a cos and a sin of every frequency: with a_f = count_f·X_f·conj(R_f)·exp(iω_f·τ0),
+    # c(τ0+δ) = Re Σ_f a_f·exp(iω_f·δ) = Σ_n δ^n/n!·m_n with m_n = Re(i^n·Σ_f a_f·ω_f^n), so that
+    # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
+    # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-12 of the sum.
     omega, count = _frequencies(length, cross.device, work)
-    # with z = cross·count·exp(iωτ): c'(τ) = -Σ ω·Im z and c''(τ) = -Σ ω²·Re z; written out in real arithmetic
-    # (cos and sin of ωτ) because a complex exp costs several times as much; the ω and ω² factors go into the
-    # coefficients once
-    re, im = cross.real * (count * omega), cross.imag * (count * omega)
-    re2, im2 = re * omega, im * omega
+    angle = omega[None] * tau[:, None]
+    weighted = cross * torch.complex(count * torch.cos(angle), count * torch.sin(angle))     # a_f
+    rows = len(cross)
+    parts = torch.view_as_real(weighted).permute(0, 2, 1).reshape(2 * rows, -1)          # Re a, Im a of each row
+    powers = _power_table(length, iterations, cross.device, work)                    # (F, terms + 2)
+    re_m, im_m = (parts @ powers).double().view(rows, 2, -1).unbind(1)
+    n = torch.arange(powers.shape[1], device=cross.device)
+    # Re(i^n·A) for n = 0, 1, 2, 3 (mod 4): Re A, -Im A, -Re A, Im A
+    m = torch.where(n % 2 == 0, re_m, im_m) * torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64,
+                                                            device=cross.device)[n % 4]
+    terms = powers.shape[1] - 2
+    factorial = torch.exp(torch.lgamma(torch.arange(terms, dtype=torch.float64, device=cross.device) + 1))
+    delta = torch.zeros_like(tau, dtype=torch.float64)
     for _ in range(iterations):
-        angle = omega[None] * tau[:, None]
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        slope = -torch.addcmul(re * sin, im, cos).sum(1)
-        curvature = -torch.addcmul(re2 * cos, im2, sin, value=-1).sum(1)
+        series = (math.pi * delta[:, None]) ** torch.arange(terms, device=cross.device) / factorial  # (πδ)^n/n!
+        slope = math.pi * (series * m[:, 1:-1]).sum(1)                                 # c'(τ0+δ)
+        curvature = math.pi ** 2 * (series * m[:, 2:]).sum(1)                          # c''(τ0+δ)
         step = torch.where(curvature < 0, -slope / curvature, torch.zeros_like(slope))
-        tau = tau + step.clamp(-0.5, 0.5)
-    return tau
+        delta = delta + step.clamp(-0.5, 0.5)
+    return tau + delta.to(work)
+
+
+@functools.lru_cache(maxsize=16)
+def _power_table(length: int, iterations: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(F, terms + 2)``: (ω_f/π)^n for n = 0..terms+1, with ``terms`` enough that (π·|δ|)^n/n! has fallen below
+    1e-12 at |δ| = iterations/2 (scaled by π so the float32 entries stay in [0, 1])."""
+    reach, terms, term = math.pi * 0.5 * iterations, 1, 1.0
+    while term > 1e-12 or terms < reach:
+        term *= reach / terms
+        terms += 1
+    scaled = torch.fft.rfftfreq(length, dtype=torch.float64) * 2   # ω/π in [0, 1]
+    table = scaled[:, None] ** torch.arange(terms + 2, dtype=torch.float64)
+    # entries below 1e-30 (low frequencies, high powers) are negligible and would be float32 subnormals, which
+    # slow a CPU matrix product several times over where denormals are not flushed
+    return table.masked_fill(table < 1e-30, 0).to(device=device, dtype=dtype)
 
 
 def align(spectra: torch.Tensor, reference: torch.Tensor,
