@@ -31,6 +31,7 @@ from data_loader.nmr.preprocess import (
     shift_from_cross,
     shift_transformed,
 )
+from utils.errors import DataError
 
 Weighting = Literal["inverse_variance", "snr", "top_only"]
 
@@ -81,7 +82,9 @@ def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting 
         raw = torch.zeros_like(sigma)
         raw[:, -1] = 1
     elif weighting == "inverse_variance":
-        raw = sigma.clamp_min(1e-30).pow(-2)
+        # float64: a noise-free level (σ = 0, e.g. simulated) gets 1e60, which float32 would make inf and the
+        # weights NaN; so it takes the weight (up to max_share) as the minimum-variance rule says
+        raw = sigma.double().clamp_min(1e-30).pow(-2)
     elif weighting == "snr":
         raw = snr.clamp_min(1e-6).pow(gamma)
     else:
@@ -89,7 +92,8 @@ def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting 
     if not include_input and weighting != "top_only":
         raw = raw.clone()
         raw[:, 0] = 0
-    weights = raw / raw.sum(1, keepdim=True)
+    weights = (raw / raw.sum(1, keepdim=True)).to(sigma.dtype)
+    raw = raw.to(sigma.dtype).clamp_max(torch.finfo(sigma.dtype).max)   # only its sign is used below
     if weighting == "top_only" or max_share >= 1:
         return weights
     usable = int((raw[0] > 0).sum())
@@ -122,6 +126,48 @@ def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: t
     return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
 
 
+class LadderError(DataError):
+    """A ladder of a batch that cannot be prepared. ``index`` is its position in the batch and ``problem`` what is
+    wrong, worded to follow "this ladder" (``"has no peak above the noise ..."``), so that a caller that knows
+    which file the ladder came from can name it: ``DataError(f"{file}: this ladder {err.problem}")``."""
+
+    def __init__(self, index: int, problem: str):
+        self.index, self.problem = index, problem
+        super().__init__(f"ladder {index} of the batch {problem}")
+
+
+def ladder_problems(spectra: torch.Tensor, peak_counts: torch.Tensor | None = None, alpha: float = 5.0,
+                    need_peaks: bool = True) -> list[tuple[int, str]]:
+    """What makes ladders of ``spectra`` ``(B, K+1, L)`` unusable, as ``(index in the batch, problem)`` pairs
+    (worded as :class:`LadderError`'s ``problem``), in batch order; empty when all can be prepared.
+
+    A level that is constant (all zeros: an empty or failed acquisition) makes the rescaling divide by zero and
+    its noise level 0. A top level with no peak above the noise (``peak_counts`` ``(B,)``: the top level's peak
+    points, as :func:`prepare_ladder` finds them; computed here when not given) leaves nothing to rescale the
+    levels on (``need_peaks``) and nothing to denoise towards. Costs one min/max pass (and, without
+    ``peak_counts``, a peak mask of the top levels), so data loaders can check whole data sets when they load them.
+    """
+    low, high = torch.aminmax(spectra, dim=-1)                                            # (B, K+1)
+    constant = low == high
+    if need_peaks and peak_counts is None:
+        top = spectra[:, -1].float()
+        peak_counts = peak_mask_from(top, *median_and_mad(top), alpha=alpha, dilate=0).sum(1)
+    problems = []
+    for b in range(len(spectra)):
+        flat = torch.nonzero(constant[b]).flatten().tolist()
+        if flat:
+            k = flat[0]
+            problems.append((b, f"has a constant level {k} (every point is {float(low[b, k]):.6g}): an empty or "
+                                "failed acquisition; re-export that level or leave the ladder out"))
+        elif need_peaks and int(peak_counts[b]) == 0:
+            problems.append((b, f"has no peak above the noise: no point of its top level (level "
+                                f"{spectra.shape[1] - 1}), Savitzky-Golay smoothed, rises {alpha:g} robust "
+                                "standard deviations above its median, so there is nothing to rescale the levels "
+                                "on or to denoise towards (a noise-only ladder); leave it out of the data, or "
+                                "check that its levels are phased spectra with signal"))
+    return problems
+
+
 def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_variance", gamma: float = 1.0,
                    max_share: float = 0.9, include_input: bool = False, align: bool = True,
                    rescale: bool = True, alpha: float = 5.0, dilate: int = 5, erode: int = 3,
@@ -135,6 +181,11 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     (the plan's s_k), expressed in level 0's units. The peak mask is chosen on the top level (median +
     ``alpha``·MAD threshold on its Savitzky–Golay smoothing, dilated): the point-wise maximum over levels
     the plan suggests would admit the noise spikes of the noisy levels.
+
+    Raises :class:`LadderError` (a ``DataError``) naming the first ladder of the batch that cannot be prepared
+    (see :func:`ladder_problems`): one with a constant level, or, with ``rescale``, one whose top level has no
+    peak. Without ``rescale`` a ladder without peaks is prepared (its SNRs are 0). A level without noise
+    (σ = 0, a noise-free simulation) is prepared: inverse-variance fusion gives it the weight, up to ``max_share``.
     """
     batch, levels, length = spectra.shape
     if levels < 2:
@@ -156,6 +207,9 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     baseline = baseline_mask(peaks, erode=erode)
     # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
     index, counts = pack_index(peaks)
+    problems = ladder_problems(spectra, counts, alpha, need_peaks=rescale)
+    if problems:
+        raise LadderError(*problems[0])
     valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
     packed = x.gather(2, index[:, None].expand(batch, levels, -1)).flatten(0, 1)
     if rescale:
@@ -212,4 +266,4 @@ def _align_anchors(x: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
     return apply_local_shifts(flat, centres, -relative).view(batch, levels, length)
 
 
-__all__ = ["Ladder", "Weighting", "fusion_weights", "plan_snr", "prepare_ladder"]
+__all__ = ["Ladder", "LadderError", "Weighting", "fusion_weights", "ladder_problems", "plan_snr", "prepare_ladder"]

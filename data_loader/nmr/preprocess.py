@@ -95,6 +95,8 @@ def quantile(values: torch.Tensor, q: float, mask: torch.Tensor | None = None) -
     in every row, so a single-kth selection finds them all.
     """
     n, width = values.shape
+    if width == 0:   # no row has a point
+        return torch.full((n,), math.nan, dtype=values.dtype, device=values.device)
     counts = torch.full((n,), width, device=values.device) if mask is None else mask.sum(1)
     virtual = (counts.double() - 1) * q
     lower = virtual.floor().clamp_min(0)
