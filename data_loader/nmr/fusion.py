@@ -137,21 +137,28 @@ class LadderError(DataError):
 
 
 def ladder_problems(spectra: torch.Tensor, peak_counts: torch.Tensor | None = None, alpha: float = 5.0,
-                    need_peaks: bool = True) -> list[tuple[int, str]]:
+                    need_peaks: bool = True, mad: torch.Tensor | None = None) -> list[tuple[int, str]]:
     """What makes ladders of ``spectra`` ``(B, K+1, L)`` unusable, as ``(index in the batch, problem)`` pairs
     (worded as :class:`LadderError`'s ``problem``), in batch order; empty when all can be prepared.
 
     A level that is constant (all zeros: an empty or failed acquisition) makes the rescaling divide by zero and
     its noise level 0. A top level with no peak above the noise (``peak_counts`` ``(B,)``: the top level's peak
     points, as :func:`prepare_ladder` finds them; computed here when not given) leaves nothing to rescale the
-    levels on (``need_peaks``) and nothing to denoise towards. Costs one min/max pass (and, without
-    ``peak_counts``, a peak mask of the top levels), so data loaders can check whole data sets when they load them.
+    levels on (``need_peaks``) and nothing to denoise towards. Costs one min/max pass (none with ``mad``
+    ``(B·(K+1),)``, every level's MAD: only a level with MAD 0 can be constant; and, without ``peak_counts``, a
+    peak mask of the top levels), so data loaders can check whole data sets when they load them.
     """
-    low, high = torch.aminmax(spectra, dim=-1)                                            # (B, K+1)
-    constant = low == high
+    if mad is not None and not bool((mad == 0).any()):
+        low = constant = torch.zeros(spectra.shape[:2], dtype=torch.bool, device=spectra.device)
+    else:
+        low, high = torch.aminmax(spectra, dim=-1)                                        # (B, K+1)
+        constant = low == high
     if need_peaks and peak_counts is None:
         top = spectra[:, -1].float()
         peak_counts = peak_mask_from(top, *median_and_mad(top), alpha=alpha, dilate=0).sum(1)
+    bad = constant.any(1) | (peak_counts == 0) if need_peaks else constant.any(1)
+    if not bool(bad.any()):   # the usual case: no per-ladder loop
+        return []
     problems = []
     for b in range(len(spectra)):
         flat = torch.nonzero(constant[b]).flatten().tolist()
@@ -207,7 +214,7 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     baseline = baseline_mask(peaks, erode=erode)
     # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
     index, counts = pack_index(peaks)
-    problems = ladder_problems(spectra, counts, alpha, need_peaks=rescale)
+    problems = ladder_problems(spectra, counts, alpha, need_peaks=rescale, mad=mad if rescale else None)
     if problems:
         raise LadderError(*problems[0])
     valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
