@@ -147,6 +147,8 @@ class RankPlan:
         """The plan for ``mask`` ``(G, W)`` (None when a row has too few non-points to hold its fillers: then
         use :func:`quantile`)."""
         width = mask.shape[1]
+        if width == 0:
+            return None
         counts = mask.sum(1, dtype=torch.int64)
         virtual = (counts.double() - 1) * q
         lower = virtual.floor().clamp_min(0)
@@ -446,4 +448,4 @@ def scale_packed(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, noise: t
         weight = (1 - residual.div_((tukey * sigma)[:, None]).square_()).clamp_min_(0).square_()
         wy = weight.mul_(y)
         inverse = (wy * x).sum(1) / (wy * y).sum(1).clamp_min(1e-30)
-    return 1 / inverse
+    return torch.where(padding.all(1), math.nan, 1 / inverse)   # NaN for a row without points
