@@ -5,7 +5,8 @@
 Prints the machine (CPU model / GPU, torch version, threads), one markdown table and the scaling tables.
 Ratios are ours / reference speed (higher is better) unless the row says otherwise. Every figure is a
 median after warm-up (``torch.cuda.synchronize`` around every timed block on CUDA); ours and the reference
-run in the same process, interleaved where both are training loops, so machine load hits both alike.
+run in the same process, interleaved where both are training loops and for the ladder preparation (5a), so
+machine load hits both alike.
 ``--quick`` (a few minutes on 2 CPU cores) uses fewer steps and smaller sizes; the sizes used are printed
 and saved with ``--out``.
 
