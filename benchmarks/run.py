@@ -5,7 +5,8 @@
 Prints the machine (CPU model / GPU, torch version, threads), one markdown table and the scaling tables.
 Ratios are ours / reference speed (higher is better) unless the row says otherwise. Every figure is a
 median after warm-up (``torch.cuda.synchronize`` around every timed block on CUDA); ours and the reference
-run in the same process, interleaved where both are training loops, so machine load hits both alike.
+run in the same process, interleaved where both are training loops and for the ladder preparation (5a), so
+machine load hits both alike.
 ``--quick`` (a few minutes on 2 CPU cores) uses fewer steps and smaller sizes; the sizes used are printed
 and saved with ``--out``.
 
@@ -38,6 +39,8 @@ Rows:
    CPU: ``resource.getrusage`` ru_maxrss growth in a fresh process that only loads the input and runs the
    work once, over the batch).
 6. Scaling: rows 1, 2 and 5 at several batch sizes, and row 5 at several spectrum lengths.
+
+``--only prep [--batches 1,4,16] [--lengths 2048,16384]`` measures row 5a alone, at every batch size and length.
 
 The whole run flushes subnormal floats to zero, as the framework's entry points do (``utils.cli.flush_denormals``),
 so the reference's plain loop gets it too: without it, backward passes on x86 stall for seconds in about half of
@@ -152,6 +155,25 @@ def interleaved_step_times(steps: dict[str, Callable[[], None]], device: torch.d
                 steps[name]()
             sync(device)
             times[name].append((time.perf_counter() - start) / sizes.block)
+    return times
+
+
+def interleaved_times(calls: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+                      rounds: int) -> dict[str, list[float]]:
+    """Seconds of one call of each callable per round: ``warmup`` untimed calls each, then ``rounds`` rounds in
+    which every callable runs once (the order rotating between rounds)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            calls[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -342,18 +364,22 @@ def simulated(batch: int, length: int, device: torch.device, seed: int = 0) -> t
 
 
 def bench_prep(device: torch.device, batch: int, length: int, sizes: Sizes) -> dict:
-    """prepare_ladder on ``batch`` ladders against the NumPy/SciPy loop (on at most reference_ladders)."""
+    """prepare_ladder on ``batch`` ladders against the NumPy/SciPy loop (on at most reference_ladders), timed in
+    alternating rounds (one call of each per round, the order rotating) so that load from other processes hits
+    both alike; the ratio is the median of the per-round ratios of ladders/s."""
     from data_loader.nmr.fusion import prepare_ladder
 
     spectra = simulated(batch, length, device)
-    ours_s = median_time(lambda: prepare_ladder(spectra), device, 1, sizes.nmr_repeats)
     host = spectra[:sizes.reference_ladders].cpu().numpy()
-    ref_s = median_time(lambda: nmr_reference.prepare_all(host), torch.device("cpu"), 0, sizes.nmr_repeats)
+    steps = {"ours": lambda: prepare_ladder(spectra), "reference": lambda: nmr_reference.prepare_all(host)}
+    times = interleaved_times(steps, device, 1, sizes.nmr_repeats)
+    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
     ours = prepare_ladder(spectra[:len(host)]).target.cpu().double().numpy()
     ref = np.stack([r["target"] for r in nmr_reference.prepare_all(host)])
     difference = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    ratio = statistics.median((r / len(host)) / (o / batch) for o, r in zip(times["ours"], times["reference"]))
     return {"batch": batch, "length": length, "ours_per_s": batch / ours_s, "reference_per_s": len(host) / ref_s,
-            "reference_ladders": len(host), "target_max_rel_difference": difference}
+            "ratio": ratio, "reference_ladders": len(host), "target_max_rel_difference": difference}
 
 
 def bench_denoise(device: torch.device, batch: int, length: int, sizes: Sizes) -> dict:
@@ -539,9 +565,10 @@ def nmr_rows(result: dict, sizes: Sizes) -> list[tuple[str, ...]]:
     den = pick(result["denoise"], batch=sizes.denoise_batch, length=NMR_LENGTH)
     rows = [(f"5a. NMR ladder preparation, {NMR_LEVELS} x {NMR_LENGTH:,} points, batch {prep['batch']} (ladders/s)",
              fmt(prep["ours_per_s"]), fmt(prep["reference_per_s"]),
-             f"{prep['ours_per_s'] / prep['reference_per_s']:.2f}x",
+             f"{prep['ratio']:.2f}x",
              f"ours: prepare_ladder, batched; reference: NumPy/SciPy loop per ladder (benchmarks/nmr_reference.py, "
-             f"{prep['reference_ladders']} ladders); fused targets agree to {prep['target_max_rel_difference']:.1e} "
+             f"{prep['reference_ladders']} ladders; alternating rounds, ratio: median of the per-round ratios); "
+             f"fused targets agree to {prep['target_max_rel_difference']:.1e} "
              "(max abs difference / max)"),
             (f"5b. NMR denoising, UNet1D, L = {NMR_LENGTH:,}, batch {den['batch']} (spectra/s)",
              fmt(den["ours_per_s"]), fmt(den["reference_per_s"]), f"{den['ours_per_s'] / den['reference_per_s']:.2f}x",
@@ -567,6 +594,13 @@ def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def prep_table(prep: list[dict]) -> str:
+    rows = [(r["batch"], f"{r['length']:,}", fmt(r["ours_per_s"]), fmt(r["reference_per_s"]), f"{r['ratio']:.2f}x",
+             f"{r['target_max_rel_difference']:.1e}") for r in prep]
+    return "Scaling, NMR ladder preparation (ladders/s):\n\n" + markdown(
+        ("batch", "L", "ours", "reference (NumPy loop)", "ratio", "target agreement"), rows)
+
+
 def scaling_tables(training: dict, nmr: dict) -> str:
     parts = []
     if "skipped" not in training:
@@ -577,16 +611,38 @@ def scaling_tables(training: dict, nmr: dict) -> str:
             ("batch", "ours (hypernet)", "reference", "ratio", "ours without hypernet", "hypernet step-time ratio"),
             rows))
     if "skipped" not in nmr:
-        rows = [(r["batch"], f"{r['length']:,}", fmt(r["ours_per_s"]), fmt(r["reference_per_s"]),
-                 f"{r['ours_per_s'] / r['reference_per_s']:.2f}x", f"{r['target_max_rel_difference']:.1e}")
-                for r in nmr["prep"]]
-        parts.append("Scaling, NMR ladder preparation (ladders/s):\n\n" + markdown(
-            ("batch", "L", "ours", "reference (NumPy loop)", "ratio", "target agreement"), rows))
+        parts.append(prep_table(nmr["prep"]))
         rows = [(r["batch"], f"{r['length']:,}", fmt(r["ours_per_s"]), fmt(r["reference_per_s"]),
                  f"{r['ours_per_s'] / r['reference_per_s']:.2f}x") for r in nmr["denoise"]]
         parts.append("Scaling, NMR denoising (spectra/s):\n\n" + markdown(
             ("batch", "L", "ours (batched)", "one spectrum per call", "ratio"), rows))
     return "\n\n".join(parts)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,4,16, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def prep_only(device: torch.device, sizes: Sizes, batches: list[int], lengths: list[int], out: str | None,
+              threads_note: str, quick: bool, started: float) -> None:
+    """``--only prep``: row 5a at every batch size and length, printed as the scaling table."""
+    nmr = {"prep": [bench_prep(device, b, n, sizes) for n in lengths for b in batches]}
+    elapsed = time.perf_counter() - started
+    print(f"\nMachine: {machine(device)} ({threads_note}); device {device}; "
+          f"{'--quick' if quick else 'full'} mode, {elapsed:.0f} s; {sizes.nmr_repeats} rounds, reference on at most "
+          f"{sizes.reference_ladders} ladders\n")
+    print(prep_table(nmr["prep"]))
+    if out:
+        Path(out).write_text(json.dumps({"machine": machine(device), "threads": threads_note, "device": str(device),
+                                         "quick": quick, "seconds": elapsed, "sizes": asdict(sizes), "nmr": nmr},
+                                        indent=2))
+        print(f"\nWrote {out}")
 
 
 def main(argv=None) -> None:
@@ -598,8 +654,14 @@ def main(argv=None) -> None:
                         help="torch intra-op threads (default: torch's choice, fewer when other processes already "
                              "keep the cores busy, see choose_threads)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference (default 2)")
+    parser.add_argument("--only", choices=["prep"],
+                        help="prep: only the NMR ladder preparation (row 5a), at every --batches x --lengths")
+    parser.add_argument("--batches", type=_int_list, help="with --only prep: batch sizes, e.g. 1,4,16")
+    parser.add_argument("--lengths", type=_int_list, help="with --only prep: spectrum lengths, e.g. 2048,16384")
     parser.add_argument("--memory-probe", nargs=2, metavar=("KIND", "NPY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if (args.batches or args.lengths) and not args.only:
+        parser.error("--batches and --lengths go with --only prep")
     flush_denormals()  # as train.py does, for both variants: the process's threads start after this
     if args.memory_probe:
         torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -611,6 +673,10 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     sizes = sizes_for(args.quick, device)
     started = time.perf_counter()
+    if args.only == "prep":
+        prep_only(device, sizes, args.batches or list(sizes.prep_batches), args.lengths or [NMR_LENGTH], args.out,
+                  threads_note, args.quick, started)
+        return
 
     training = guarded("training", bench_training, device, sizes, args.workers)
     test_all = guarded("test_all", measure_test_all, str(device), 16, sizes.test_per_class)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from base.base_trainer import BaseTrainer
-from data_loader.nmr.fusion import Ladder, prepare_ladder
+from data_loader.nmr.dataset import check_ladders
+from data_loader.nmr.fusion import Ladder, LadderError, prepare_ladder
 from data_loader.nmr.io import read_directory, read_npy, read_npz
 from model.nmr_loss import NMRDenoiseLoss
 from model.nmr_metrics import evaluate_methods, mean_metrics, spectrum_metrics
@@ -30,6 +31,12 @@ from utils.errors import ConfigError, DataError
 from utils.plots import save_figure, spectrum_figure
 from utils.registry import TRAINERS
 from utils.safe_paths import path_inside
+
+
+def _dataset_names(dataset) -> list[str]:
+    """The names of a ladder dataset's items (through a validation Subset: items carry the full dataset's index)."""
+    return (dataset.dataset if hasattr(dataset, "indices") else dataset).names
+
 
 # logged each validation epoch (test.py reports every key of model/nmr_metrics.py)
 REPORTED = ("snr_in", "snr_out", "snr_gain", "snr_p95_gain", "peak_f1", "peak_shift", "height_rel_err",
@@ -132,9 +139,16 @@ class NMRDenoiseTrainer(BaseTrainer):
         return list(range(lowest, levels))
 
     # --- training ---------------------------------------------------------------------------------
-    def prepare(self, spectra: torch.Tensor) -> Ladder:
+    def prepare(self, spectra: torch.Tensor, names: list[str] | None = None) -> Ladder:
+        """The prepared batch; a ladder that cannot be prepared raises a DataError naming it (``names``: what
+        to call the ladders of the batch, e.g. their files)."""
         with torch.no_grad():
-            return prepare_ladder(spectra, **self.fusion)
+            try:
+                return prepare_ladder(spectra, **self.fusion)
+            except LadderError as err:
+                if names is None:
+                    raise
+                raise DataError(f"{names[err.index]}: this ladder {err.problem}") from None
 
     def _check_ratio(self, ladder: Ladder) -> None:
         """Warn once when the T measured from the noise levels disagrees with the configured T."""
@@ -148,9 +162,11 @@ class NMRDenoiseTrainer(BaseTrainer):
         else:
             self.logger.info(f"Measured T ≈ {measured:.2f} per level (configured {self.snr_ratio})")
 
-    def training_loss(self, spectra: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        """The loss terms of one batch of ladders ``(B, K+1, L)`` already on the device."""
-        ladder = self.prepare(spectra)
+    def training_loss(self, spectra: torch.Tensor, epoch: int,
+                      names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch of ladders ``(B, K+1, L)`` already on the device (``names``: theirs, for
+        messages)."""
+        ladder = self.prepare(spectra, names)
         if not self._ratio_checked:
             self._check_ratio(ladder)
         batch, levels, length = ladder.levels.shape
@@ -172,9 +188,10 @@ class NMRDenoiseTrainer(BaseTrainer):
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         bar = self.progress(self.data_loader, epoch)
-        for batch_idx, (spectra, _, _) in enumerate(bar):
+        names = _dataset_names(self.data_loader.dataset)
+        for batch_idx, (spectra, _, index) in enumerate(bar):
             spectra = self.to_device(spectra)[0]
-            terms = self.training_loss(spectra, epoch)
+            terms = self.training_loss(spectra, epoch, [names[i] for i in index.tolist()])
             self.backward_step(terms["loss"], batch_idx)
             for key, value in terms.items():
                 sums[key] = sums.get(key, torch.zeros((), device=self.device)) + value.detach() * len(spectra)
@@ -195,14 +212,15 @@ class NMRDenoiseTrainer(BaseTrainer):
             out = self.raw_model.denoise(spectra.to(self.device).float())
         return out.float().cpu()
 
-    def references(self, spectra: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, str]:
+    def references(self, spectra: torch.Tensor, clean: torch.Tensor,
+                   names: list[str] | None = None) -> tuple[torch.Tensor, str]:
         """What the outputs are scored against: ``clean`` when every row has it, else the pseudo-ground truth."""
         if not torch.isnan(clean).any():
             return clean.float(), "clean"
         if spectra.shape[1] < 2:
             raise DataError("these spectra have neither a clean reference nor higher levels to fuse one from; "
                             "they can be denoised but not scored")
-        return self.prepare(spectra.to(self.device)).target.float().cpu(), "pseudo_ground_truth"
+        return self.prepare(spectra.to(self.device), names).target.float().cpu(), "pseudo_ground_truth"
 
     def _score(self, spectra: torch.Tensor, clean: torch.Tensor, ppm: np.ndarray | None, names: list[str],
                rows: dict[str, list], keep: int, baselines: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -210,7 +228,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         input and the classical baselines when ``baselines``)."""
         noisy = spectra[:, 0].float()
         denoised = self.denoise(noisy)
-        reference, kind = self.references(spectra, clean)
+        reference, kind = self.references(spectra, clean, names)
         for i in range(len(noisy)):
             spectra_i = dict(noisy_input=noisy[i].double().numpy(), reference=reference[i].double().numpy(),
                              ppm=ppm, tolerance_ppm=self.tolerance_ppm)
@@ -283,6 +301,11 @@ class NMRDenoiseTrainer(BaseTrainer):
     def _test_files(self, path: Path, output_dir: Path | None) -> dict[str, Any]:
         """Denoise the groups of a directory (or one file) one by one: lengths may differ between groups."""
         groups = [self._read_file(path)] if path.is_file() else read_directory(path, allow_single=True)
+        for length in {g.spectra.shape for g in groups if g.clean is None and len(g.spectra) > 1}:
+            # ladders scored against their own fused target: refuse unusable ones before any output is written
+            same = [g for g in groups if g.spectra.shape == length and g.clean is None]
+            check_ladders(torch.stack([torch.as_tensor(g.spectra, dtype=torch.float32) for g in same]),
+                          [g.origin for g in same], str(path))
         rows: dict[str, list] = {}
         self._shown, kinds, unscored = [], set(), []
         for group in groups:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from base.base_data_loader import BaseDataLoader
+from data_loader.nmr.fusion import ladder_problems
 from data_loader.nmr.io import SpectrumGroup, read_directory
 from data_loader.nmr.simulate import SimulationSettings, simulate_ladders
 from utils.errors import DataError
@@ -56,12 +57,27 @@ class LadderDataset(Dataset):
                                 f"up to {np.max(np.abs(group.ppm - first.ppm)):.4g} ppm); ladders batched together "
                                 "must share one axis: resample them to one grid, or train on each separately")
         spectra = torch.stack([torch.as_tensor(g.spectra, dtype=torch.float32) for g in groups])
+        check_ladders(spectra, [g.origin for g in groups], source)
         length = spectra.shape[-1]
         clean = torch.stack([torch.as_tensor(g.clean, dtype=torch.float32) if g.clean is not None
                              else torch.full((length,), math.nan) for g in groups])
         ppm = groups[0].ppm
         return cls(spectra, clean, [g.name for g in groups],
                    torch.as_tensor(ppm, dtype=torch.float64) if ppm is not None else None)
+
+
+def check_ladders(spectra: torch.Tensor, origins: list[str], source: str, chunk: int = 256) -> None:
+    """Refuse, when the data is loaded (before a run writes anything), ladders ``(N, K+1, L)`` that
+    ``prepare_ladder`` cannot prepare: a constant (e.g. all-zero) level, or no peak above the noise on the top
+    level. The DataError names the first such ladder's file (``origins``) and counts the others."""
+    if spectra.shape[1] < 2:   # single spectra are denoised, not prepared
+        return
+    problems = [(start + i, problem) for start in range(0, len(spectra), chunk)   # chunks bound the memory
+                for i, problem in ladder_problems(spectra[start:start + chunk])]
+    if problems:
+        index, problem = problems[0]
+        others = f" ({len(problems) - 1} more ladders have a problem of this kind)" if len(problems) > 1 else ""
+        raise DataError(f"{source}: {origins[index]}: this ladder {problem}{others}")
 
 
 def _check_simulation(simulation: dict | None) -> None:

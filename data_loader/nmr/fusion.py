@@ -18,17 +18,20 @@ import torch
 
 from data_loader.nmr.preprocess import (
     MAD_TO_SIGMA,
+    RankPlan,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
-    estimate_shift,
-    fourier_shift,
     local_shifts,
     median_and_mad,
-    pack_masked,
-    peak_mask,
-    robust_scale,
+    pack_index,
+    peak_mask_from,
+    quantile,
+    scale_packed,
+    shift_from_cross,
+    shift_transformed,
 )
+from utils.errors import DataError
 
 Weighting = Literal["inverse_variance", "snr", "top_only"]
 
@@ -79,7 +82,9 @@ def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting 
         raw = torch.zeros_like(sigma)
         raw[:, -1] = 1
     elif weighting == "inverse_variance":
-        raw = sigma.clamp_min(1e-30).pow(-2)
+        # float64: a noise-free level (σ = 0, e.g. simulated) gets 1e60, which float32 would make inf and the
+        # weights NaN; so it takes the weight (up to max_share) as the minimum-variance rule says
+        raw = sigma.double().clamp_min(1e-30).pow(-2)
     elif weighting == "snr":
         raw = snr.clamp_min(1e-6).pow(gamma)
     else:
@@ -87,7 +92,8 @@ def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting 
     if not include_input and weighting != "top_only":
         raw = raw.clone()
         raw[:, 0] = 0
-    weights = raw / raw.sum(1, keepdim=True)
+    weights = (raw / raw.sum(1, keepdim=True)).to(sigma.dtype)
+    raw = raw.to(sigma.dtype).clamp_max(torch.finfo(sigma.dtype).max)   # only its sign is used below
     if weighting == "top_only" or max_share >= 1:
         return weights
     usable = int((raw[0] > 0).sum())
@@ -113,9 +119,60 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
     return _snr(spectra, peaks, base, MAD_TO_SIGMA * mad if sigma is None else sigma)
 
 
-def _snr(spectra: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    p95 = torch.nanquantile(pack_masked(spectra, peaks).double(), 0.95, dim=1).to(spectra.dtype)
+def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(P95 of the ``peaks`` points of each row of ``values`` − ``base``) / ``sigma``; 0 for a row without peaks.
+    ``values`` may be the full rows with their mask or packed rows with their ``valid`` flags."""
+    p95 = quantile(values, 0.95, peaks)
     return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
+
+
+class LadderError(DataError):
+    """A ladder of a batch that cannot be prepared. ``index`` is its position in the batch and ``problem`` what is
+    wrong, worded to follow "this ladder" (``"has no peak above the noise ..."``), so that a caller that knows
+    which file the ladder came from can name it: ``DataError(f"{file}: this ladder {err.problem}")``."""
+
+    def __init__(self, index: int, problem: str):
+        self.index, self.problem = index, problem
+        super().__init__(f"ladder {index} of the batch {problem}")
+
+
+def ladder_problems(spectra: torch.Tensor, peak_counts: torch.Tensor | None = None, alpha: float = 5.0,
+                    need_peaks: bool = True, mad: torch.Tensor | None = None) -> list[tuple[int, str]]:
+    """What makes ladders of ``spectra`` ``(B, K+1, L)`` unusable, as ``(index in the batch, problem)`` pairs
+    (worded as :class:`LadderError`'s ``problem``), in batch order; empty when all can be prepared.
+
+    A level that is constant (all zeros: an empty or failed acquisition) makes the rescaling divide by zero and
+    its noise level 0. A top level with no peak above the noise (``peak_counts`` ``(B,)``: the top level's peak
+    points, as :func:`prepare_ladder` finds them; computed here when not given) leaves nothing to rescale the
+    levels on (``need_peaks``) and nothing to denoise towards. Costs one min/max pass (none with ``mad``
+    ``(B·(K+1),)``, every level's MAD: only a level with MAD 0 can be constant; and, without ``peak_counts``, a
+    peak mask of the top levels), so data loaders can check whole data sets when they load them.
+    """
+    if mad is not None and not bool((mad == 0).any()):
+        low = constant = torch.zeros(spectra.shape[:2], dtype=torch.bool, device=spectra.device)
+    else:
+        low, high = torch.aminmax(spectra, dim=-1)                                        # (B, K+1)
+        constant = low == high
+    if need_peaks and peak_counts is None:
+        top = spectra[:, -1].float()
+        peak_counts = peak_mask_from(top, *median_and_mad(top), alpha=alpha, dilate=0).sum(1)
+    bad = constant.any(1) | (peak_counts == 0) if need_peaks else constant.any(1)
+    if not bool(bad.any()):   # the usual case: no per-ladder loop
+        return []
+    problems = []
+    for b in range(len(spectra)):
+        flat = torch.nonzero(constant[b]).flatten().tolist()
+        if flat:
+            k = flat[0]
+            problems.append((b, f"has a constant level {k} (every point is {float(low[b, k]):.6g}): an empty or "
+                                "failed acquisition; re-export that level or leave the ladder out"))
+        elif need_peaks and int(peak_counts[b]) == 0:
+            problems.append((b, f"has no peak above the noise: no point of its top level (level "
+                                f"{spectra.shape[1] - 1}), Savitzky-Golay smoothed, rises {alpha:g} robust "
+                                "standard deviations above its median, so there is nothing to rescale the levels "
+                                "on or to denoise towards (a noise-only ladder); leave it out of the data, or "
+                                "check that its levels are phased spectra with signal"))
+    return problems
 
 
 def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_variance", gamma: float = 1.0,
@@ -131,42 +188,77 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     (the plan's s_k), expressed in level 0's units. The peak mask is chosen on the top level (median +
     ``alpha``·MAD threshold on its Savitzky–Golay smoothing, dilated): the point-wise maximum over levels
     the plan suggests would admit the noise spikes of the noisy levels.
+
+    Raises :class:`LadderError` (a ``DataError``) naming the first ladder of the batch that cannot be prepared
+    (see :func:`ladder_problems`): one with a constant level, or, with ``rescale``, one whose top level has no
+    peak. Without ``rescale`` a ladder without peaks is prepared (its SNRs are 0). A level without noise
+    (σ = 0, a noise-free simulation) is prepared: inverse-variance fusion gives it the weight, up to ``max_share``.
     """
     batch, levels, length = spectra.shape
     if levels < 2:
         raise ValueError(f"a ladder needs at least 2 levels, got {levels}")
     x = spectra.float()
-    top = x[:, -1]
-    flat = x.reshape(batch * levels, length)
     if align:
-        shifts = estimate_shift(flat, top.repeat_interleave(levels, 0), search=max_shift).view(batch, levels)
-        shifts = shifts - shifts[:, :1]   # relative to level 0, which stays where it is
-        x = fourier_shift(flat, -shifts.flatten()).view(batch, levels, length)
-        x[:, 0] = spectra[:, 0]
+        x, shifts = _align_global(x, max_shift)
         if anchor_peaks:
             x = _align_anchors(x, anchor_peaks, anchor_window)
             x[:, 0] = spectra[:, 0]
     else:
         shifts = torch.zeros(batch, levels, device=x.device)
     top = x[:, -1]
-    peaks = peak_mask(top, alpha=alpha, dilate=dilate)
+    flat = x.reshape(batch * levels, length)
+    # each level's median and MAD over all its points: the top level's choose the peaks, the others' say which
+    # points stand clear of the noise when rescaling
+    median, mad = median_and_mad(flat if rescale else top)
+    peaks = peak_mask_from(top, median.view(batch, -1)[:, -1], mad.view(batch, -1)[:, -1], alpha=alpha, dilate=dilate)
     baseline = baseline_mask(peaks, erode=erode)
+    # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
+    index, counts = pack_index(peaks)
+    problems = ladder_problems(spectra, counts, alpha, need_peaks=rescale, mad=mad if rescale else None)
+    if problems:
+        raise LadderError(*problems[0])
+    valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
+    packed = x.gather(2, index[:, None].expand(batch, levels, -1)).flatten(0, 1)
     if rescale:
-        scales = robust_scale(x.reshape(batch * levels, length), top.repeat_interleave(levels, 0),
-                              peaks.repeat_interleave(levels, 0)).view(batch, levels)
-        scales = scales / scales[:, :1]
+        noise = MAD_TO_SIGMA * mad
+        top_packed = packed.view(batch, levels, -1)[:, -1:].expand(batch, levels, -1).flatten(0, 1)
+        scales = scale_packed(packed, top_packed, valid, noise, group=levels).view(batch, levels)
+        scales = (scales / scales[:, :1]).float()
         x = x * scales[..., None]
+        flat = x.reshape(batch * levels, length)
+        packed = packed * scales.flatten()[:, None]
     else:
         scales = torch.ones(batch, levels, device=x.device)
-    level_base = baseline.repeat_interleave(levels, 0)
-    flat = x.reshape(batch * levels, length)
-    base, mad = median_and_mad(flat, level_base)   # one pass gives plan_snr's baseline level and robust_sigma's σ
+    plan = RankPlan.build(baseline, 0.5, levels)
+    # one pass gives plan_snr's baseline level and robust_sigma's σ
+    base, mad = (plan.median_and_mad(flat) if plan is not None
+                 else median_and_mad(flat, baseline.repeat_interleave(levels, 0)))
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
-    snr = _snr(flat, peaks.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
+    snr = _snr(packed, valid.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
     target = (weights[..., None] * x).sum(1)
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
                   weights=weights, shifts=shifts, scales=scales)
+
+
+def _align_global(x: torch.Tensor, max_shift: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every level of ``x`` ``(B, K+1, L)`` moved by its offset to the top level minus level 0's, so level 0 stays
+    as it is: the aligned ladders and the shifts ``(B, K+1)`` removed.
+
+    One rfft of every level serves both the cross spectra (the top level's transform is one of them) and the
+    phase-ramp shift; the top level's own offset is 0 exactly (its cross spectrum |R|² is real), so it is not
+    estimated; level 0 is not transformed back."""
+    batch, levels, length = x.shape
+    transform = torch.fft.rfft(x, dim=-1)                                                # (B, K+1, F)
+    cross = transform[:, :-1] * transform[:, -1:].conj()
+    offsets = torch.zeros(batch, levels, dtype=x.dtype, device=x.device)
+    offsets[:, :-1] = shift_from_cross(cross.flatten(0, 1), length, max_shift).view(batch, levels - 1)
+    shifts = offsets - offsets[:, :1]
+    moved = shift_transformed(transform[:, 1:].flatten(0, 1), -shifts[:, 1:].flatten(), length)
+    aligned = torch.empty_like(x)
+    aligned[:, 0] = x[:, 0]
+    aligned[:, 1:] = moved.view(batch, levels - 1, length)
+    return aligned, shifts
 
 
 def _align_anchors(x: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
@@ -181,4 +273,4 @@ def _align_anchors(x: torch.Tensor, anchors: int, window: int) -> torch.Tensor:
     return apply_local_shifts(flat, centres, -relative).view(batch, levels, length)
 
 
-__all__ = ["Ladder", "Weighting", "fusion_weights", "plan_snr", "prepare_ladder"]
+__all__ = ["Ladder", "LadderError", "Weighting", "fusion_weights", "ladder_problems", "plan_snr", "prepare_ladder"]
