@@ -232,7 +232,13 @@ def metabolab_experiments(root: Path, label: str) -> list[Experiment]:
         o1 = float(np.atleast_1d(acq.o1)[0])
         decim, dspfvs = float(np.atleast_1d(acq.decim)[0]), int(np.atleast_1d(acq.dspfvs)[0])
         grpdly = float(np.atleast_1d(getattr(acq, "group_delay", -1) or -1)[0])
-        fid = ng.bruker.rm_dig_filter(fid, decim, dspfvs, grpdly, truncate_grpdly=False)
+        # metabolabpy keeps the FID with the opposite frequency sign to nmrglue's readers (its spectrum is the
+        # mirror image about the carrier otherwise: checked against its own processed .spc and .ppm1), and with the
+        # digital filter still in (the FID's maximum sits at the group delay)
+        fid = ng.bruker.rm_dig_filter(np.conj(fid), decim, dspfvs, grpdly, truncate_grpdly=False)
+        ppm1 = np.asarray(getattr(data, "ppm1", []), dtype=np.float64)
+        if ppm1.ndim == 1 and len(ppm1) > 1:  # its referenced axis: the carrier sits at point N/2 as in ppm_axis
+            o1 = float(ppm1[len(ppm1) // 2]) * sfo1
         relative = path.parent.relative_to(root).parts
         title = str(getattr(data, "title", "")).replace("\n", " ").strip()
         info = {"path": str(Path(*relative)), "NS": int(np.atleast_1d(getattr(acq, "transients", 0))[0]),
