@@ -195,7 +195,7 @@ def real_set(directory: Path) -> dict:
 # scoring
 
 
-def score_set(data: dict, methods: dict) -> dict:
+def score_set(data: dict, methods: dict, gain_mode: str = "fit") -> dict:
     """Mean metrics per method, the equivalent-gain summary, and the run times (s per spectrum)."""
     inputs, references = data["inputs"], data["references"]
     n = len(inputs)
@@ -217,7 +217,7 @@ def score_set(data: dict, methods: dict) -> dict:
         l2_raw = [relative_l2(level, references[i]) for level in data["raw_levels"][i]]
         for method, values in scored.items():
             rows.setdefault(method, []).append(values)
-            gains.setdefault(method, []).append(equivalent_gain(values["l2"], data["blocks"], l2_raw)
+            gains.setdefault(method, []).append(equivalent_gain(values["l2"], data["blocks"], l2_raw, mode=gain_mode)
                                                 if values["l2"] else None)
     result = {}
     for method, values in rows.items():
@@ -227,7 +227,8 @@ def score_set(data: dict, methods: dict) -> dict:
                           "equivalent_gain_median": float(np.median(finite)) if finite else None,
                           "equivalent_gain_beyond_floor": sum(g["beyond_floor"] for g in found),
                           "seconds_per_spectrum": seconds.get(method)}
-    return {"name": data["name"], "n": n, "blocks_per_level": data["blocks"], "methods": result}
+    return {"name": data["name"], "n": n, "blocks_per_level": data["blocks"], "gain_mode": gain_mode,
+            "methods": result}
 
 
 def format_table(scored: dict) -> str:
@@ -253,6 +254,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sim-snr", type=float, default=10.0)
     parser.add_argument("--sim-seed", type=int, default=20261201)
     parser.add_argument("--swt-level", type=int, default=5)
+    parser.add_argument("--gain-mode", choices=("fit", "interp"), default="fit",
+                        help="equivalent gain from the fitted sqrt(n) law with floor, or log-log interpolation")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -280,7 +283,7 @@ def main(argv=None) -> None:
         raise SystemExit("nothing to score: give --n-sim > 0 or --real-dir")
     results = []
     for data in sets:
-        scored = score_set(data, methods)
+        scored = score_set(data, methods, args.gain_mode)
         results.append(scored)
         print()
         print(format_table(scored))
