@@ -19,7 +19,9 @@ Data:
 
 Every method denoises level 0. Rows (``evaluate_methods``, every method on the same masks, threshold and windows):
 ``input``, ``savgol`` (11 points, cubic), ``apodisation`` (exponential, matched to the reference's median FWHM: it
-uses the reference, so it is an oracle linewidth), ``unet``, ``nmrdenoise_ae``, ``nmrdenoise_swt``.
+uses the reference, so it is an oracle linewidth), ``zeros`` (the flat line: the L2 and equivalent gain of erasing
+everything, the bar any L2-based figure must clear on sparse spectra at low SNR), ``unet``, ``nmrdenoise_ae``,
+``nmrdenoise_swt``.
 
 **Equivalent SNR gain** (``model.nmr_equivalent``): per ladder, the raw levels' L2 to the reference against their
 block counts (``blocks.json`` of the directory, else ``T^(2k)``) gives the sqrt(n) curve with its floor; a method's
@@ -141,6 +143,11 @@ class NmrdenoiseSWT:
         return out
 
 
+def zeros(spectra: np.ndarray) -> np.ndarray:
+    """The flat line: what erasing everything scores (L2 = RMS(reference) / max, small for a sparse spectrum)."""
+    return np.zeros_like(np.atleast_2d(np.asarray(spectra, dtype=np.float64)))
+
+
 def unet_denoiser(checkpoint: str, device: str | None = None):
     """``(B, L)`` -> ``(B, L)`` with the checkpoint's model, built the way test.py builds it."""
     from parse_config import ConfigParser
@@ -259,7 +266,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
 
-    methods: dict = {}
+    methods: dict = {"zeros": zeros}
     notes = []
     if args.checkpoint:
         unet, epoch = unet_denoiser(args.checkpoint, args.device)

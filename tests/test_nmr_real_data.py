@@ -108,6 +108,8 @@ def test_peer_harness_scores_methods_without_the_peer():
     scored = score_set(data, methods)
     rows = scored["methods"]
     assert {"input", "savgol", "apodisation", "identity"} <= set(rows)
+    zeros_l2 = rows["zeros"]["l2"] if "zeros" in rows else None
+    assert zeros_l2 is None or zeros_l2 > 0
     assert rows["identity"]["l2"] == pytest.approx(rows["input"]["l2"])
     assert rows["input"]["equivalent_gain_median"] == pytest.approx(1.0, rel=0.25)
     assert "| identity |" in format_table(scored)
