@@ -8,7 +8,7 @@ import nmrglue as ng
 import numpy as np
 import pytest
 
-from benchmarks.nmr_peer import format_table, score_set, simulated_set
+from benchmarks.nmr_peer import format_table, score_set, simulated_set, zeros
 from benchmarks.nmr_real_data import RestrictedUnpickler, build, load_restricted, window_starts
 from data_loader.nmr.io import read_directory
 
@@ -104,12 +104,13 @@ def test_restricted_unpickler_admits_metabolab_data_and_refuses_code(tmp_path):
 
 def test_peer_harness_scores_methods_without_the_peer():
     data = simulated_set(4, snr=10.0, seed=5)
-    methods = {"identity": lambda x: np.array(x, dtype=np.float64)}
+    methods = {"identity": lambda x: np.array(x, dtype=np.float64), "zeros": zeros}
     scored = score_set(data, methods)
     rows = scored["methods"]
     assert {"input", "savgol", "apodisation", "identity"} <= set(rows)
-    zeros_l2 = rows["zeros"]["l2"] if "zeros" in rows else None
-    assert zeros_l2 is None or zeros_l2 > 0
+    clean = data["references"]
+    expected = np.mean([np.sqrt(np.mean(c ** 2)) / np.abs(c).max() for c in clean])
+    assert rows["zeros"]["l2"] == pytest.approx(expected)
     assert rows["identity"]["l2"] == pytest.approx(rows["input"]["l2"])
     assert rows["input"]["equivalent_gain_median"] == pytest.approx(1.0, rel=0.25)
     assert "| identity |" in format_table(scored)
