@@ -27,7 +27,11 @@ everything, the bar any L2-based figure must clear on sparse spectra at low SNR)
 block counts (``blocks.json`` of the directory, else ``T^(2k)``) gives the sqrt(n) curve with its floor; a method's
 output L2 on level 0 converts to the number of raw blocks ``n*`` it is worth, and the gain is ``sqrt(n*)``. The
 table shows the median over ladders and how many beat the curve's floor (``> floor``: closer to the reference than
-any raw average can get; counted, no number). Simulated levels carry per-level scale, shift, phase and baseline
+any raw average can get; counted, no number). It is given twice: from the L2 over the whole spectrum, and from the
+L2 on the peak mask only (``l2_peak``, the mask ``evaluate_methods`` derives from the reference and the input, the
+raw curve measured on the same points). On sparse spectra at low SNR the whole-spectrum figure rewards erasing:
+the ``zeros`` row shows what a flat line scores. The peak-mask figure does not, since erasing a peak costs its
+full height there. Simulated levels carry per-level scale, shift, phase and baseline
 errors, so their raw curve is measured on the levels aligned and rescaled by ``data_loader.nmr.fusion``.
 
 **How the peer is called** (read from nmrdenoise 0.3.6's ``core.py``):
@@ -70,7 +74,7 @@ from data_loader.nmr.io import read_directory  # noqa: E402
 from data_loader.nmr.preprocess import peak_mask  # noqa: E402
 from data_loader.nmr.simulate import SimulationSettings, simulate_ladders  # noqa: E402
 from model.nmr_equivalent import equivalent_gain, relative_l2  # noqa: E402
-from model.nmr_metrics import evaluate_methods, mean_metrics  # noqa: E402
+from model.nmr_metrics import evaluate_methods, mean_metrics, reference_masks  # noqa: E402
 
 AE_CHECKPOINT = "autoencoder_20000_bruker_ver_135_percent_noise_with_noshuffle_v4_rm_spikelets_with_lb_5.pt"
 INSTALL = "pip install nmrdenoise PyWavelets h5py"
@@ -216,38 +220,48 @@ def score_set(data: dict, methods: dict, gain_mode: str = "fit") -> dict:
             outputs[name] = [method(x[None])[0] for x in inputs]
         seconds[name] = (time.perf_counter() - start) / n
     rows: dict[str, list] = {}
-    gains: dict[str, list] = {}
+    gains: dict[str, dict[str, list]] = {"l2": {}, "l2_peak": {}}
     for i in range(n):
         ppm = data["ppm"] if isinstance(data["ppm"], np.ndarray) else data["ppm"][i]
         scored = evaluate_methods(noisy_input=inputs[i], reference=references[i], ppm=ppm,
                                   outputs={name: out[i] for name, out in outputs.items()})
-        l2_raw = [relative_l2(level, references[i]) for level in data["raw_levels"][i]]
+        # the raw curve on the same points as each error: the whole spectrum (l2) and the peak mask (l2_peak) that
+        # evaluate_methods derives from the reference and the input
+        peaks = reference_masks(reference=references[i], noisy_input=inputs[i])[0]
+        raw = {"l2": [relative_l2(level, references[i]) for level in data["raw_levels"][i]],
+               "l2_peak": ([relative_l2(level[peaks], references[i][peaks]) * np.abs(references[i][peaks]).max()
+                            / np.abs(references[i]).max() for level in data["raw_levels"][i]] if peaks.any() else None)}
         for method, values in scored.items():
             rows.setdefault(method, []).append(values)
-            gains.setdefault(method, []).append(equivalent_gain(values["l2"], data["blocks"], l2_raw, mode=gain_mode)
-                                                if values["l2"] else None)
+            for key, curve in raw.items():
+                gains[key].setdefault(method, []).append(
+                    equivalent_gain(values[key], data["blocks"], curve, mode=gain_mode)
+                    if values.get(key) and curve is not None else None)
     result = {}
     for method, values in rows.items():
-        found = [g for g in gains[method] if g is not None]
-        finite = [g["gain"] for g in found if not g["beyond_floor"]]
-        result[method] = {**mean_metrics(values),
-                          "equivalent_gain_median": float(np.median(finite)) if finite else None,
-                          "equivalent_gain_beyond_floor": sum(g["beyond_floor"] for g in found),
-                          "seconds_per_spectrum": seconds.get(method)}
+        result[method] = mean_metrics(values)
+        for key, suffix in (("l2", ""), ("l2_peak", "_peaks")):
+            found = [g for g in gains[key][method] if g is not None]
+            finite = [g["gain"] for g in found if not g["beyond_floor"]]
+            result[method][f"equivalent_gain{suffix}_median"] = float(np.median(finite)) if finite else None
+            result[method][f"equivalent_gain{suffix}_beyond_floor"] = sum(g["beyond_floor"] for g in found)
+        result[method]["seconds_per_spectrum"] = seconds.get(method)
     return {"name": data["name"], "n": n, "blocks_per_level": data["blocks"], "gain_mode": gain_mode,
             "methods": result}
 
 
 def format_table(scored: dict) -> str:
-    head = ["method", *[label for _, label, _ in COLUMNS], "equiv. gain (median)", "> floor"]
+    head = ["method", *[label for _, label, _ in COLUMNS], "equiv. gain", "> floor", "equiv. gain (peaks)", "> floor"]
     lines = [f"{scored['name']}: {scored['n']} spectra, raw blocks per level {scored['blocks_per_level']}",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, values in scored["methods"].items():
         cells = [method]
         for key, _, fmt in COLUMNS:
             cells.append("n/a" if values.get(key) is None else fmt.format(values[key]))
-        gain = values["equivalent_gain_median"]
-        cells += ["n/a" if gain is None else f"{gain:.2f}", f"{values['equivalent_gain_beyond_floor']}/{scored['n']}"]
+        for suffix in ("", "_peaks"):
+            gain = values[f"equivalent_gain{suffix}_median"]
+            cells += ["n/a" if gain is None else f"{gain:.2f}",
+                      f"{values[f'equivalent_gain{suffix}_beyond_floor']}/{scored['n']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
