@@ -105,3 +105,46 @@ def relative_l2(y: np.ndarray, reference: np.ndarray) -> float:
     """RMS of ``y - reference`` over max|reference| (``model.nmr_metrics``' ``l2``)."""
     y, reference = np.asarray(y, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     return float(np.sqrt(np.mean((y - reference) ** 2)) / np.max(np.abs(reference)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Noise2Noise: the error to an unknown truth from two independent acquisitions of one sample
+
+
+def noise2noise_errors(output, x1, x2, mask=None) -> dict:
+    """Unbiased error estimates against the unknown truth ``s`` from two repeats ``x1 = s + n1``, ``x2 = s + n2``.
+
+    Assumptions: ``n1`` and ``n2`` independent, zero mean, with the same variance at every point (same pulse
+    program, NS, RG, receiver), the *same* ``s`` in both (same tube, nothing changed between them), and ``output``
+    a function of ``x1`` only (so independent of ``n2``). Then, summing over the points of ``mask`` (all if None):
+
+        E||output - x2||^2 = E||output - s||^2 + E||n2||^2,    E||x1 - x2||^2 / 2 = E||n2||^2,
+
+    so ``err2_output = ||output - x2||^2 - ||x1 - x2||^2 / 2`` estimates ``||output - s||^2`` without bias, and
+    ``err2_input = ||x1 - x2||^2 / 2`` estimates ``||x1 - s||^2`` (the raw input's error). ``err2_output`` can come
+    out negative for an output much closer to ``s`` than the noise of one repeat (its estimator's spread is about
+    ``2 sqrt(sum(var(n2) * (output - s)^2))`` plus the spread of the input term).
+
+    Returns ``{"err2_output", "err2_input", "points"}`` (sums, not means).
+    """
+    output, x1, x2 = (np.asarray(v, dtype=np.float64) for v in (output, x1, x2))
+    if not output.shape == x1.shape == x2.shape:
+        raise ValueError(f"output, x1 and x2 must have one shape, got {output.shape}, {x1.shape}, {x2.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        output, x1, x2 = output[mask], x1[mask], x2[mask]
+    noise = float(np.sum((x1 - x2) ** 2) / 2.0)
+    return {"err2_output": float(np.sum((output - x2) ** 2)) - noise, "err2_input": noise, "points": int(x1.size)}
+
+
+def noise2noise_gain(output, x1, x2, mask=None) -> dict:
+    """Equivalent SNR gain from a repeat pair: ``sqrt(err2_input / err2_output)`` (:func:`noise2noise_errors`).
+
+    Averaging ``n`` independent scans divides the error power by ``n``, so the output is worth ``blocks = gain**2``
+    acquisitions like ``x1``. ``gain``/``blocks`` are None with ``beyond_floor = True`` when the estimate of
+    ``err2_output`` is not positive (an output indistinguishable from the truth at this pair's noise).
+    """
+    errors = noise2noise_errors(output, x1, x2, mask)
+    beyond = errors["err2_output"] <= 0
+    gain = None if beyond else math.sqrt(errors["err2_input"] / errors["err2_output"])
+    return {**errors, "gain": gain, "blocks": None if beyond else gain * gain, "beyond_floor": beyond}
