@@ -202,6 +202,88 @@ def real_set(directory: Path) -> dict:
             "ppm": [g.ppm for g in groups], "blocks": blocks, "names": [g.name for g in groups]}
 
 
+def repeat_pair_set(directory: Path, length: int = 2048) -> dict:
+    """Windows of the repeat pairs ``pair_*.npz`` (``x1``, ``x2``, ``ppm``; ``benchmarks/nmr_real_data.py
+    --repeats``) for the Noise2Noise score: input = x1's window, the second repeat x2 in place of a reference."""
+    from benchmarks.nmr_real_data import MIN_PEAK_SIGMA, SIGNAL_PPM, pair_noise, window_starts
+
+    info = {}
+    if (directory / "repeats.json").is_file():
+        info = {p["name"]: p for p in json.loads((directory / "repeats.json").read_text())["pairs"]}
+    inputs, seconds, ppms, names, pairs = [], [], [], [], []
+    for path in sorted(directory.glob("pair_*.npz")):
+        with np.load(path) as arrays:
+            x1, x2, ppm = (np.asarray(arrays[k], dtype=np.float64) for k in ("x1", "x2", "ppm"))
+        sigma_d = float(np.median(np.abs(pair_noise(x1, x2, ppm))) * 1.4826)
+        name = path.stem[len("pair_"):]
+        pairs.append({"name": name, "same_tube": info.get(name, {}).get("same_tube"),
+                      "mismatch": info.get(name, {}).get("mismatch")})
+        for w, start in enumerate(window_starts(ppm, length)):
+            window = slice(start, start + length)
+            if (x1[window].max() < MIN_PEAK_SIGMA * sigma_d or ppm[window].min() > SIGNAL_PPM[1]
+                    or ppm[window].max() < SIGNAL_PPM[0]):
+                continue
+            inputs.append(x1[window])
+            seconds.append(x2[window])
+            ppms.append(ppm[window])
+            names.append(f"{name}_w{w}")
+    if not inputs:
+        raise SystemExit(f"{directory}: no pair_*.npz windows with peaks")
+    return {"name": f"repeat pairs (Noise2Noise): {directory}", "inputs": inputs, "seconds": seconds, "ppm": ppms,
+            "names": names, "pairs": pairs}
+
+
+def score_pairs(data: dict, methods: dict) -> dict:
+    """Noise2Noise equivalent gain (``model.nmr_equivalent.noise2noise_gain``) per window, whole and on the peak
+    mask (``reference_masks`` with x2 as the reference): median over windows, and how many came out non-positive."""
+    from model.nmr_equivalent import noise2noise_gain
+    from model.nmr_metrics import _prepare, exponential_apodisation, matched_linewidth, savgol_denoise
+
+    def apodisation(x1, x2, ppm):  # linewidth matched on the second repeat (an oracle, as in score_set)
+        ctx = _prepare(reference=x2, noisy_input=x1, ppm=ppm)
+        return exponential_apodisation(x1, matched_linewidth(ctx.reference, ctx.ref_peaks))
+
+    all_methods = {"input": lambda x1, x2, ppm: x1, "savgol": lambda x1, x2, ppm: savgol_denoise(x1, 11, 3),
+                   "apodisation": apodisation,
+                   **{name: (lambda x1, x2, ppm, fn=fn: fn(x1[None])[0]) for name, fn in methods.items()}}
+    result = {}
+    for method, fn in all_methods.items():
+        rows = {"": [], "_peaks": []}
+        errors = []
+        for x1, x2, ppm in zip(data["inputs"], data["seconds"], data["ppm"]):
+            out = fn(x1, x2, ppm)
+            peaks = reference_masks(reference=x2, noisy_input=x1)[0]
+            whole = noise2noise_gain(out, x1, x2)
+            rows[""].append(whole)
+            rows["_peaks"].append(noise2noise_gain(out, x1, x2, peaks) if peaks.any() else None)
+            errors.append(math.sqrt(max(whole["err2_output"], 0.0) / whole["points"]) / np.abs(x2).max())
+        values = {"l2_n2n": float(np.median(errors))}
+        for suffix, found in rows.items():
+            found = [g for g in found if g is not None]
+            finite = [g["gain"] for g in found if not g["beyond_floor"]]
+            values[f"equivalent_gain{suffix}_median"] = float(np.median(finite)) if finite else None
+            values[f"equivalent_gain{suffix}_beyond_floor"] = sum(g["beyond_floor"] for g in found)
+        result[method] = values
+    return {"name": data["name"], "n": len(data["inputs"]), "pairs": data["pairs"], "kind": "noise2noise",
+            "methods": result}
+
+
+def format_pairs(scored: dict) -> str:
+    pairs = "; ".join(f"{p['name']} (same tube: {p['same_tube']}, signal mismatch {p['mismatch']:.0f}× noise)"
+                      if p["mismatch"] is not None else p["name"] for p in scored["pairs"])
+    head = ["method", "L2 (N2N)", "equiv. gain", "≤ 0", "equiv. gain (peaks)", "≤ 0"]
+    lines = [f"{scored['name']}: {scored['n']} windows of {pairs}", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for method, v in scored["methods"].items():
+        cells = [method, f"{v['l2_n2n']:.2e}"]
+        for suffix in ("", "_peaks"):
+            gain = v[f"equivalent_gain{suffix}_median"]
+            cells += ["n/a" if gain is None else f"{gain:.3g}", f"{v[f'equivalent_gain{suffix}_beyond_floor']}"
+                      f"/{scored['n']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # scoring
 
@@ -277,6 +359,9 @@ def main(argv=None) -> None:
     parser.add_argument("--swt-level", type=int, default=5)
     parser.add_argument("--gain-mode", choices=("fit", "interp"), default="fit",
                         help="equivalent gain from the fitted sqrt(n) law with floor, or log-log interpolation")
+    parser.add_argument("--repeat-pairs", action="append", default=[], type=Path,
+                        help="a directory from nmr_real_data.py --repeats: its pair_*.npz scored by Noise2Noise and "
+                             "its realnoise_snr*/ ladders (real signal + real noise) scored as --real-dir (repeatable)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -300,9 +385,18 @@ def main(argv=None) -> None:
     if args.n_sim > 0:
         sets.append(simulated_set(args.n_sim, args.sim_snr, args.sim_seed))
     sets += [real_set(directory) for directory in args.real_dir]
-    if not sets:
-        raise SystemExit("nothing to score: give --n-sim > 0 or --real-dir")
+    pair_sets = []
+    for directory in args.repeat_pairs:
+        sets += [real_set(sub) for sub in sorted(directory.glob("realnoise_snr*")) if sub.is_dir()]
+        pair_sets.append(repeat_pair_set(directory))
+    if not sets and not pair_sets:
+        raise SystemExit("nothing to score: give --n-sim > 0, --real-dir or --repeat-pairs")
     results = []
+    for data in pair_sets:
+        scored = score_pairs(data, methods)
+        results.append(scored)
+        print()
+        print(format_pairs(scored))
     for data in sets:
         scored = score_set(data, methods, args.gain_mode)
         results.append(scored)

@@ -114,3 +114,75 @@ def test_peer_harness_scores_methods_without_the_peer():
     assert rows["identity"]["l2"] == pytest.approx(rows["input"]["l2"])
     assert rows["input"]["equivalent_gain_median"] == pytest.approx(1.0, rel=0.25)
     assert "| identity |" in format_table(scored)
+
+
+def _write_repeat(directory, noise, seed, scale=1.0, sw=8223.68, obs=400.13, td=16384, autopos="2"):
+    """A Bruker 1D 1H experiment: lines between 0.5 and 9.5 ppm (always the same, drawn from seed 0) times
+    ``scale``, plus complex white noise of σ ``noise`` drawn from ``seed``; returns the noise-free FID."""
+    rng = np.random.default_rng(0)
+    t = np.arange(td // 2) / sw
+    freqs = (rng.uniform(0.6, 9.4, 10) - 4.7) * obs
+    clean = sum(h * np.exp(2j * np.pi * f * t - t / 0.3) for f, h in zip(freqs, rng.uniform(0.3, 1.0, 10)))
+    noisy = scale * clean + noise * (np.array([1, 1j]) @ np.random.default_rng(seed).standard_normal((2, td // 2)))
+    udic = {"ndim": 1, 0: {"sw": sw, "complex": True, "obs": obs, "car": 4.7 * obs, "size": td // 2, "label": "1H",
+                           "encoding": "direct", "time": True, "freq": False}}
+    dic = ng.bruker.create_dic(udic)
+    dic["acqus"].update({"NUC1": "<1H>", "SFO1": obs, "BF1": obs, "SW_h": sw, "O1": 4.7 * obs, "NS": 4, "RG": 4,
+                         "PULPROG": "<zgpsd0>", "DECIM": 1, "DSPFVS": 20, "GRPDLY": 0.0, "TD": td,
+                         "AUTOPOS": f"<{autopos}>"})
+    directory.mkdir(parents=True)
+    ng.bruker.write(str(directory), dic, (noisy * 1e6).astype(np.complex128), overwrite=True)
+    return clean * 1e6
+
+
+def test_repeat_pairs_real_noise_and_noise2noise_on_generated_repeats(tmp_path):
+    from scipy.signal import savgol_filter
+
+    from benchmarks.nmr_real_data import (
+        _SEEN,
+        bruker_experiments,
+        pair_diagnostics,
+        pair_noise,
+        process_pair,
+        realnoise_ladders,
+        repeat_groups,
+    )
+    from data_loader.nmr.io import process_fid
+    from model.nmr_equivalent import noise2noise_errors
+
+    _SEEN.clear()
+    clean_fid = _write_repeat(tmp_path / "tube" / "21", 0.02, seed=1)
+    _write_repeat(tmp_path / "tube" / "22", 0.02, seed=2)
+    _write_repeat(tmp_path / "other" / "11", 0.02, seed=3, scale=1.05, autopos="5")  # another tube: 5 % more
+    experiments = bruker_experiments(tmp_path, "t")
+    pairs = {(p["a"].info["path"], p["b"].info["path"]): p for p in repeat_groups(experiments)}
+    assert len(pairs) == 3
+    same = [p for p in pairs.values() if p["same_tube"]]
+    assert len(same) == 1 and {same[0]["a"].info["path"], same[0]["b"].info["path"]} == {"tube/21", "tube/22"}
+
+    x1, x2, ppm, processing = process_pair(same[0]["a"], same[0]["b"])
+    diag = pair_diagnostics(x1, x2, ppm)
+    assert diag["mismatch"] == pytest.approx(1.0, abs=0.25)  # a true repeat: only noise differs
+    assert diag["sigma_x1"] == pytest.approx(diag["sigma_d"], rel=0.2)  # d has one acquisition's noise level
+    other = next(p for p in pairs.values() if not p["same_tube"])
+    assert pair_diagnostics(*process_pair(other["a"], other["b"])[:3])["mismatch"] > 2  # 5 % of sparse lines
+
+    # Noise2Noise on the true repeat agrees with the error to the known truth
+    truth = process_fid(clean_fid[:processing["fid_points"]], same[0]["a"].sw_hz, processing["size"], 0.3,
+                        processing["p0"], processing["p1"])
+    out = savgol_filter(x1, 11, 3)
+    errors = noise2noise_errors(out, x1, x2)
+    assert errors["err2_output"] == pytest.approx(np.sum((out - truth) ** 2), rel=0.15)
+    assert errors["err2_input"] == pytest.approx(np.sum((x1 - truth) ** 2), rel=0.1)
+
+    # real-signal + real-noise ladders: S + a d / sqrt(n), clean = S, level 0 at the asked max/σ
+    d = pair_noise(x1, x2, ppm)
+    assert len(d) >= 1024
+    ladders = realnoise_ladders([("s", x1, ppm)], [("d", d)], length=1024, snr=10.0, blocks=[1, 4, 16, 64])
+    assert ladders
+    for ladder in ladders:
+        spectra, clean = ladder["arrays"]["spectra"], ladder["arrays"]["clean"]
+        noise = spectra - clean
+        assert np.allclose(noise[0], 2 * noise[1]) and np.allclose(noise[0], 8 * noise[3])
+        assert ladder["meta"]["snr0"] == pytest.approx(10.0, rel=1e-6)
+        assert ladder["meta"]["reference_snr"] > 100
