@@ -38,6 +38,40 @@ to ``size / 2`` points with ``size`` = the power of two giving about ``--hz-per-
 :func:`data_loader.nmr.io.process_fid`, phase from ACME automatic phasing of the noise-free real spectrum, applied
 unchanged to every level. The spectrum is cut into non-overlapping windows of ``--length`` points; windows that touch
 the water region (4.5-5.1 ppm) or whose tallest point is under 50 robust σ of the real spectrum are dropped.
+
+**Repeat pairs** (``--repeats``; :func:`build_repeats`): real noise rather than simulated. Experiments with the same
+pulse program, NS, RG, TD, SW, SFO1 and O1 are paired (:func:`repeat_groups`), with ``same_tube`` set only when the
+sample-changer position (AUTOPOS), the title and the sample directory agree too. In bruker-data-test 1.0.0 the
+coffee data hold two such pairs, zgpsd0 NS=4 RG=4 (``UV1009…/21`` and ``UV1010…/11``) and noesygpps1d.comp NS=64
+RG=90.5 (``UV1009…/22`` and ``UV1010…/12``), but each pair is **two tubes** (AUTOPOS 2 and 5, titles "COFFEE 2" and
+"COFFEE 5", different sample IDs), not one tube measured twice. (zg30 NS=8 exists in one tube only; the other
+zg30 directories hold no FID.) Each pair is processed identically (the ACME phase of the first, applied to both):
+
+* ``pair_<name>.npz``: ``x1``, ``x2``, ``ppm`` (whole spectra), scored by ``benchmarks/nmr_peer.py
+  --repeat-pairs`` with the Noise2Noise estimate of ``model.nmr_equivalent`` (unbiased only for true repeats:
+  :func:`pair_diagnostics`' ``mismatch``, the RMS of ``(x1 - x2)/√2`` on the signal region over its σ on the
+  signal-free regions, is 1 for a true repeat and 64 and 268 for the two coffee pairs, so those N2N figures are
+  dominated by the difference between the tubes);
+* ``realnoise_snr<snr>/``: ladders of **real signal + real noise**. The noise is ``d = (x1 - x2)/√2`` on the
+  signal-free regions ``NOISE_PPM`` (10.5-14.5 and -5 to -0.7 ppm; :func:`pair_noise`): the signals and everything
+  the two acquisitions share (baseline, truncation wiggles of the tall lines) cancel, and what is left is real
+  receiver noise after real processing, with one acquisition's variance. A window ``S`` of one acquisition's
+  spectrum (max/σ about 60,000) gets ``a·d`` added, ``a`` setting level 0's max/σ to ``snr``; level k is
+  ``S + a·d/√n_k`` and ``clean = S``. The truth is then known up to S's own noise (1/6,000 of the added noise at
+  max/σ 10), so every metric is scored directly against it, without a Noise2Noise term. The raw curve is exact by
+  construction (error² ∝ 1/n), so the equivalent gain is ``sqrt(err²(input)/err²(output))``.
+
+  Why not ``x1 + a·d`` scored against ``x2`` (Noise2Noise at low SNR): ``d`` holds ``n2``, so the input's noise
+  would correlate with the reference's and ``E||f(x1 + a·d) - x2||²`` gains a cross term (a biased estimate).
+  The sound Noise2Noise variant takes ``d`` from *other frequency points* than the window (white receiver noise is
+  uncorrelated across frequency beyond the few neighbours that zero filling and apodisation couple), so
+  ``x1[W] + a·d[R]`` is independent of ``n2[W]`` and ``||f - x2[W]||² - ||x1[W] - x2[W]||²/2`` stays unbiased; but it
+  needs ``x1`` and ``x2`` to hold the same signal, which the coffee pairs do not. Hence the direct-truth ladders.
+  Caveats: one noise vector per pair is reused for every window and level (2 independent real noise draws in all:
+  8 ladders per SNR, correlated); ``σ`` differs by up to 13 % between the two noise regions (the digital filter's
+  edge), so the noise is real but not stationary; for the noesy pair each spectrum's own σ in the "signal-free"
+  regions (3.1e5) is 7× ``σ_d`` (4.5e4): a component common to both tubes (truncation wiggles, baseline), not noise.
+  For the zgpsd0 pair the two σ agree (736 and 746) with ``σ_d`` (755): equal noise levels, as assumed.
 """
 from __future__ import annotations
 

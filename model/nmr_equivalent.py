@@ -20,6 +20,17 @@ blocks, scored against the reference built from the remaining blocks:
 When ``l2_out**2 <= c`` the output is closer to the reference than any number of raw blocks could bring the raw
 average (it beats the floor): ``n*`` is infinite, reported as ``None`` with ``beyond_floor = True``. All errors
 must be on one scale (e.g. ``model.nmr_metrics``' ``l2``, relative to the reference's tallest peak).
+
+**Without a clean reference: Noise2Noise** (:func:`noise2noise_errors`, :func:`noise2noise_gain`). Two independent
+acquisitions ``x1 = s + n1``, ``x2 = s + n2`` of one sample (same tube, pulse program, NS, RG) and an output
+``f(x1)`` that does not see ``n2``: ``E||f(x1) - x2||² = E||f(x1) - s||² + E||n2||²`` and
+``E||x1 - x2||²/2 = E||n2||²`` (equal noise levels), so ``err²(f) = ||f(x1) - x2||² - ||x1 - x2||²/2`` and
+``err²(input) = ||x1 - x2||²/2`` are unbiased, on any fixed set of points (the whole spectrum, or the peak mask,
+where erasing cannot win). Averaging n scans divides err² by n, so the equivalent gain is
+``sqrt(err²(input)/err²(f))`` and ``n = gain²``. A signal difference between x1 and x2 (two tubes) adds
+``||s1 - s2||²`` to both terms and biases the estimate (``tests/test_nmr_equivalent.py`` shows both cases).
+Lower-SNR inputs from a pair: see ``benchmarks/nmr_real_data.py`` ("Repeat pairs") for why ``x1 + a·(x1 - x2)/√2``
+scored against ``x2`` is biased and what is done instead.
 """
 from __future__ import annotations
 
