@@ -186,3 +186,23 @@ def test_repeat_pairs_real_noise_and_noise2noise_on_generated_repeats(tmp_path):
         assert np.allclose(noise[0], 2 * noise[1]) and np.allclose(noise[0], 8 * noise[3])
         assert ladder["meta"]["snr0"] == pytest.approx(10.0, rel=1e-6)
         assert ladder["meta"]["reference_snr"] > 100
+
+
+def test_build_repeats_and_peer_rows_without_the_peer(tmp_path):
+    from benchmarks.nmr_peer import format_pairs, real_set, repeat_pair_set, score_pairs
+    from benchmarks.nmr_real_data import _SEEN, build_repeats
+
+    _SEEN.clear()
+    _write_repeat(tmp_path / "src" / "tube" / "21", 0.02, seed=1)
+    _write_repeat(tmp_path / "src" / "tube" / "22", 0.02, seed=2)
+    summary = build_repeats([tmp_path / "src"], tmp_path / "rep", snrs=(10.0,), length=1024)
+    assert len(summary["pairs"]) == 1 and summary["pairs"][0]["same_tube"]
+    assert summary["realnoise"]["realnoise_snr10"] > 0
+    pairs = repeat_pair_set(tmp_path / "rep", length=1024)
+    scored = score_pairs(pairs, {"zeros": zeros})
+    assert scored["methods"]["input"]["equivalent_gain_median"] == pytest.approx(1.0)
+    assert scored["methods"]["zeros"]["equivalent_gain_peaks_median"] < 0.2  # erasing loses on the peaks
+    assert "same tube: True" in format_pairs(scored)
+    ladders = real_set(tmp_path / "rep" / "realnoise_snr10")
+    result = score_set(ladders, {"zeros": zeros})
+    assert result["methods"]["input"]["equivalent_gain_median"] == pytest.approx(1.0, rel=1e-3)
