@@ -15,7 +15,12 @@ Data:
   levels, T = 2) at level-0 max/σ = ``--sim-snr`` (10, as that config's test split), drawn with ``--sim-seed``
   (not a training seed), scored against the noise-free spectrum;
 * (b) every ``--real-dir`` of ladders (``*.npz`` with ``spectra``, ``ppm``, ``clean``; see
-  ``benchmarks/nmr_real_data.py``), scored against their ``clean`` (an independent high-SNR reference).
+  ``benchmarks/nmr_real_data.py``), scored against their ``clean`` (an independent high-SNR reference);
+* (c) every ``--repeat-pairs`` directory (``nmr_real_data.py --repeats``): its ``realnoise_snr*/`` ladders (real
+  signal + real receiver noise, ``clean`` = the real spectrum) scored as (b), and its ``pair_*.npz`` repeat pairs
+  scored by Noise2Noise (``model.nmr_equivalent.noise2noise_gain``: x1's windows denoised, x2 in place of a
+  reference; unbiased only for true repeats of one tube, which the table header reports with the pairs' signal
+  mismatch).
 
 Every method denoises level 0. Rows (``evaluate_methods``, every method on the same masks, threshold and windows):
 ``input``, ``savgol`` (11 points, cubic), ``apodisation`` (exponential, matched to the reference's median FWHM: it
