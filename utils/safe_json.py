@@ -49,9 +49,9 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not valid JSON (give a finite number)")
 
 
-def _text_depth(text: str) -> tuple[int, int]:
-    """``(deepest bracket nesting, offset where it is first reached)`` of JSON ``text``, strings skipped."""
-    depth = deepest = where = 0
+def _too_deep(text: str, max_depth: int) -> int | None:
+    """The offset of the first bracket of JSON ``text`` nested deeper than ``max_depth`` (strings skipped), or None."""
+    depth = 0
     in_string = escaped = False
     for offset, char in enumerate(text):
         if in_string:
@@ -65,11 +65,11 @@ def _text_depth(text: str) -> tuple[int, int]:
             in_string = True
         elif char in "[{":
             depth += 1
-            if depth > deepest:
-                deepest, where = depth, offset
+            if depth > max_depth:
+                return offset
         elif char in "]}":
             depth -= 1
-    return deepest, where
+    return None
 
 
 def _line_col(text: str, offset: int) -> tuple[int, int]:
@@ -80,11 +80,11 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
 def loads(text: str, source: str = "<string>", *, max_depth: int = MAX_DEPTH,
           error: type[FrameworkError] = ConfigError) -> Any:
     """Decode JSON ``text``; duplicate keys, NaN/Infinity and nesting deeper than ``max_depth`` are refused."""
-    depth, offset = _text_depth(text)
-    if depth > max_depth:
+    offset = _too_deep(text, max_depth)
+    if offset is not None:
         line, col = _line_col(text, offset)
-        raise error(f"{source}, line {line}, column {col}: nested {depth} levels deep; at most {max_depth} levels "
-                    "of objects and lists are accepted (no real file nests this deep)")
+        raise error(f"{source}, line {line}, column {col}: nested more than {max_depth} levels deep; at most "
+                    f"{max_depth} levels of objects and lists are accepted (no real file nests this deep)")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _DuplicateKey as err:
