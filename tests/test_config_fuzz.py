@@ -19,7 +19,8 @@ Anything else (TypeError, KeyError, an assertion, a crash) fails, and so does an
 the working directory, under ``save_dir`` or next to the data. The test-time configs (test_time_*.json) are
 mutated and then merged over the training config they adapt, as test_training.py does.
 
-The draws are derandomized so that CI sees the same mutations on every run (2 + 6 per config). For a deep
+The draws are derandomized so that CI sees the same mutations on every run (2 + 6 per config, and 3 size and
+text mutations per config; ``FUZZ_SIZE_EXAMPLES=N`` draws more). For a deep
 pass, ``FUZZ_EXAMPLES=300 python -m pytest tests/test_config_fuzz.py -k many`` draws 300 mutations of
 every config (about an hour on 2 cores); to explore other draws, remove ``derandomize`` locally and add
 ``--hypothesis-seed N``.
@@ -481,8 +482,8 @@ def fuzz_sizes(path: Path, generated: dict, tmp_path: Path, monkeypatch, data) -
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-          derandomize=True)
+@settings(max_examples=int(os.environ.get("FUZZ_SIZE_EXAMPLES", "3")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_size_and_text_mutations_fail_cleanly_or_build(path, generated, tmp_path, monkeypatch, data):
     fuzz_sizes(path, generated, tmp_path, monkeypatch, data)
