@@ -168,10 +168,14 @@ class BaseTrainer(ABC):
             return
         close = difflib.get_close_matches(self.monitor_key, sorted(keys), n=1, cutoff=0.6)
         hint = f' Did you mean "{self.monitor_mode} {close[0]}"?' if close else ""
+        loader = f'config["data_loader"] ({self.config["data_loader"]["type"]})'
+        if self.valid_loader is None:
+            origin = f"there are no val_ keys: {loader} holds nothing back for validation"
+        else:
+            metrics = ", ".join(str(m.get("type")) for m in self.config.get("metrics", [])) or "none"
+            origin = f'the val_ keys are the loss and the metrics of config["metrics"]: {metrics}'
         raise ConfigError(f'{where}: "{self.monitor_key}" is not in the epoch log; available: '
-                          f"{', '.join(sorted(keys))}"
-                          + ("" if self.valid_loader is not None else
-                             " (no val_ keys: the data loader holds nothing back for validation)") + f".{hint}")
+                          f"{', '.join(sorted(keys))} ({origin}).{hint}")
 
     # --- component builders (override to customise) -----------------------------------------------
     @property
