@@ -17,6 +17,7 @@ import difflib
 import importlib
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -28,9 +29,10 @@ import data_loader  # noqa: F401  (registers the built-in data loaders)
 import model  # noqa: F401  (registers models, losses, metrics)
 import trainer  # noqa: F401  (registers trainers)
 import utils.optim  # noqa: F401  (registers optimizers and schedulers)
-from utils import dist
+from utils import dist, safe_json
 from utils.checkpoint import load_checkpoint
-from utils.errors import ConfigError, format_path
+from utils.errors import ConfigError, StorageError, format_path
+from utils.files import RunLock, atomic_write_text, first_file_in_path, make_dirs
 from utils.registry import DATA_LOADERS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, Registry
 
 TOP_LEVEL_KEYS = {
@@ -58,27 +60,93 @@ METRIC_SUPPLIED = frozenset({"cls_num_list", "num_classes"})
 # of those, the ones the framework always passes: a config must not set them
 RUNTIME_ONLY = frozenset({"training", "params", "optimizer", "config"})
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MAX_SEED = 2**32 - 1
+MAX_LR = 100.0
+# (key path, low, high, high included, what the value is): numbers outside are refused before anything is built or
+# written. A value of another type is left to the registry's type check. "*" matches every index of a list.
+RANGES: tuple[tuple[tuple, float, float, bool, str], ...] = (
+    (("optimizer", "args", "lr"), 0.0, MAX_LR, True, "the learning rate"),
+    (("optimizer", "args", "momentum"), 0.0, 1.0, False, "the momentum"),
+    (("optimizer", "args", "dampening"), 0.0, 1.0, True, "the dampening"),
+    (("optimizer", "args", "betas", "*"), 0.0, 1.0, False, "an Adam beta"),
+    (("optimizer", "args", "weight_decay"), 0.0, 1.0, True, "the weight decay"),
+    (("optimizer", "args", "eps"), 0.0, 1.0, True, "eps"),
+    (("data_loader", "args", "batch_size"), 1, 2**20, True, "the batch size"),
+    (("data_loader", "args", "num_workers"), 0, 256, True, "the number of DataLoader workers"),
+    (("trainer", "args", "epochs"), 1, 100_000, True, "the number of epochs"),
+)
+
+# fullmatch, not "^...$": "$" also matches before a final newline, so "tiny\n" would pass
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def valid_name(name: Any) -> bool:
+    """A run name or run id: letters, digits, "_", "-", "." (it becomes a directory name), no "..", no newline."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
+@contextlib.contextmanager
+def _working_directory_importable():
+    """The working directory on ``sys.path`` for the duration of a plugin import only.
+
+    Users may keep plugins next to their configs without setting PYTHONPATH, but the working directory must not
+    stay importable: later optional imports of installed libraries (``tensorflow`` from TensorBoard, ``psutil``,
+    ``pandas``) would run same-named ``.py`` files lying there.
+    """
+    cwd = str(Path.cwd())
+    if cwd in sys.path or "" in sys.path:  # already importable (python -c, python -m, PYTHONPATH): leave it
+        yield
+        return
+    sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+        importlib.invalidate_caches()
 
 
 def import_plugins(modules: Any, where: tuple = ("plugins",)) -> None:
-    """Import each module named in ``modules`` so that its ``@REGISTRY.register()`` calls run."""
+    """Import each module named in ``modules`` so that its ``@REGISTRY.register()`` calls run.
+
+    Nothing is added to ``sys.path`` unless a plugin is requested, and then only while importing it.
+    """
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(f"{format_path(where)}: expected a list of module names such as "
                           f'["my_pkg.my_models"], got {modules!r}')
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:  # let users keep plugins next to their configs without setting PYTHONPATH
-        sys.path.append(cwd)
     for i, name in enumerate(modules):
-        if not _MODULE_RE.match(name):
+        if not _MODULE_RE.fullmatch(name):
             raise ConfigError(f"{format_path(where + (i,))}: '{name}' is not a Python module name; give a "
                               "dotted import path (my_pkg.my_module), not a file path")
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            raise ConfigError(f"{format_path(where + (i,))}: cannot import plugin '{name}' ({err}). Put the "
-                              "module on PYTHONPATH or in the directory you run from") from err
+    if not modules:
+        return
+    with _working_directory_importable():
+        for i, name in enumerate(modules):
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as err:
+                raise ConfigError(f"{format_path(where + (i,))}: cannot import plugin '{name}' ({err}). Put the "
+                                  "module on PYTHONPATH or in the directory you run from") from err
+
+
+def checkpoint_plugins(checkpoint_config: Mapping, named: Iterable[str], checkpoint: str | Path) -> None:
+    """Refuse a checkpoint whose config lists plugins the user did not name again.
+
+    A checkpoint is data: it must not choose modules to import. Its config's ``plugins`` are imported only when
+    the user names each of them on the command line (``--plugin``) or in a ``-c`` config.
+    """
+    listed = checkpoint_config.get("plugins") or []
+    if not isinstance(listed, list):
+        raise ConfigError(f'{checkpoint}: config["plugins"] in the checkpoint is {type(listed).__name__}, not a list '
+                          "of module names")
+    named = set(named)
+    missing = [p for p in listed if p not in named]
+    if missing:
+        flags = " ".join(f"--plugin {p}" if isinstance(p, str) else f"--plugin {p!r}" for p in missing)
+        raise ConfigError(f"{checkpoint}: its config needs the plugin(s) {', '.join(map(repr, missing))}, and a "
+                          "checkpoint cannot choose code to import. If you trust that code, name it yourself: "
+                          f"add {flags}")
 
 
 def _check_finite(value: Any, where: tuple = ()) -> None:
@@ -110,14 +178,15 @@ def validate_config(config: Any) -> None:
             raise ConfigError(f"{format_path((key,))}: {'null' if key in config else 'missing'}; a config needs "
                               f"{', '.join(REQUIRED_KEYS)} ({key}: {TOP_LEVEL_KEYS[key]})")
     name = config["name"]
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not valid_name(name):
         raise ConfigError(f'{format_path(("name",))}: must be a non-empty name of letters, digits, "_", "-" '
                           f'and "." (it becomes a directory name), got {name!r}')
     if "doc" in config and not isinstance(config["doc"], str):
         raise ConfigError(f'{format_path(("doc",))}: must be a string')
     seed = config.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f'{format_path(("seed",))}: must be a non-negative integer, got {seed!r}')
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f'{format_path(("seed",))}: must be an integer in [0, {MAX_SEED}] (numpy seeds are '
+                          f"32-bit), got {seed!r}")
     init_from = config.get("init_from")
     if init_from is not None and (not isinstance(init_from, str) or not init_from):
         raise ConfigError(f'{format_path(("init_from",))}: must be a checkpoint path or null, got {init_from!r}')
@@ -134,6 +203,33 @@ def validate_config(config: Any) -> None:
     if "lr_scheduler" in config and config["lr_scheduler"] is not None and "optimizer" not in config:
         raise ConfigError(f'{format_path(("optimizer",))}: missing; config["lr_scheduler"] needs an optimizer to '
                           "schedule (add an \"optimizer\" section or remove \"lr_scheduler\")")
+    check_ranges(config)
+
+
+def _matches(config: Any, pattern: tuple, walked: tuple = ()):
+    """``(path, value)`` of every entry of ``config`` that key ``pattern`` ("*": any list index) names."""
+    if not pattern:
+        yield walked, config
+        return
+    key, rest = pattern[0], pattern[1:]
+    if key == "*":
+        if isinstance(config, list):
+            for index, child in enumerate(config):
+                yield from _matches(child, rest, walked + (index,))
+    elif isinstance(config, dict) and key in config:
+        yield from _matches(config[key], rest, walked + (key,))
+
+
+def check_ranges(config: dict) -> None:
+    """Refuse numbers outside :data:`RANGES` (a learning rate of 1e300, a batch of 1e30, momentum 1)."""
+    for pattern, low, high, high_included, what in RANGES:
+        for path, value in _matches(config, pattern):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            inside = low <= value <= high if high_included else low <= value < high
+            if not inside:
+                interval = f"[{low:g}, {high:g}{']' if high_included else ')'}"
+                raise ConfigError(f"{format_path(path)}: {value!r} is out of range; {what} must be in {interval}")
 
 
 def apply_override(config: dict, assignment: str) -> None:
@@ -145,8 +241,10 @@ def apply_override(config: dict, assignment: str) -> None:
     if not key_path.strip() or any(k == "" for k in keys):
         raise ConfigError(f"--set {assignment!r}: empty key in '{key_path}'")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = safe_json.loads(raw, f"--set {key_path}")
+    except ConfigError as err:
+        if not isinstance(err.__cause__, json.JSONDecodeError):
+            raise  # JSON, but a duplicated key, NaN or too deep
         value = raw
     node: Any = config
     walked: list[Any] = []
@@ -181,18 +279,18 @@ def deep_merge(base: dict, update: Mapping) -> dict:
 
 
 def load_json(path: str | Path) -> dict:
-    """Read a JSON config; syntax errors name the file, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file {path} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}, line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from err
+    """Read a JSON config (a JSON object); syntax errors name the file, line and column, and duplicated keys,
+    NaN/Infinity and nesting deeper than ``safe_json.MAX_DEPTH`` are refused (see utils/safe_json.py)."""
+    config = safe_json.load(path, what="config file")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config must be a JSON object {{\"name\": ..., \"arch\": ..., ...}}, got a JSON "
+                          f"{_json_type(config)}")
+    return config
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
 
 
 class ConfigParser:
@@ -201,29 +299,49 @@ class ConfigParser:
     Args:
         config: the config dict (copied; never mutated).
         source: where it came from (a file path), prefixed to error messages.
-        resume: checkpoint to continue from (the run directory is the checkpoint's directory).
-        run_id: run directory name; default: a timestamp.
+        resume: checkpoint to continue from. The run lives where the checkpoint is: a checkpoint in
+            ``<root>/models/<name>/<run>/`` continues in that directory and logs to ``<root>/log/<name>/<run>/``
+            (whatever ``save_dir`` the embedded config names); elsewhere, logs go next to the checkpoint.
+        run_id: run directory name; default: a timestamp. With ``resume``: branch, i.e. continue from the
+            checkpoint in a new run directory ``<root>/models/<name>/<run_id>/`` beside the checkpoint's.
+        resume_epoch: the epoch of ``resume`` when the caller has read it (else read when needed).
     """
 
     def __init__(self, config: dict, source: str = "<config>", resume: str | Path | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, resume_epoch: int | None = None):
         self.source = source
+        safe_json.check_depth(config, source)  # before copying: a deep copy of 100,000 levels overflows the stack
         self._config = copy.deepcopy(config)
         try:
             validate_config(self._config)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
         self.resume = Path(resume) if resume is not None else None
-        if run_id is not None and (not _NAME_RE.match(run_id) or ".." in run_id):
-            raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '_', '-' and '.'")
+        self.resume_epoch = resume_epoch
+        if run_id is not None and not valid_name(run_id):
+            raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '_', '-' and '.' (it becomes a directory "
+                              "name), e.g. --run-id lr0.1_seed2")
+        self._explicit_run_id = run_id is not None
+        self._lock: RunLock | None = None
         if self.resume is not None:
-            self.model_dir = self.resume.resolve().parent
-            self.run_id = self.model_dir.name
+            checkpoint_dir = Path(os.path.abspath(self.resume)).parent
+            self.run_id = run_id or checkpoint_dir.name
+            if checkpoint_dir.parent.parent.name == "models":  # <root>/models/<name>/<run>/<checkpoint>
+                root, name = checkpoint_dir.parents[2], checkpoint_dir.parent.name
+                self.model_dir = root / "models" / name / self.run_id
+                self.log_dir = root / "log" / name / self.run_id
+            else:  # a checkpoint moved out of its run: the run continues (and logs) where it lies
+                self.model_dir = checkpoint_dir.parent / self.run_id if run_id else checkpoint_dir
+                self.log_dir = self.model_dir
         else:
             self.run_id = run_id or datetime.now().strftime("%m%d_%H%M%S")
             self.model_dir = self.save_root / "models" / self.name / self.run_id
-        self.log_dir = self.save_root / "log" / self.name / self.run_id
-        self._explicit_run_id = run_id is not None
+            self.log_dir = self.save_root / "log" / self.name / self.run_id
+
+    @property
+    def branches(self) -> bool:
+        """Resuming into a new run directory (``-r CKPT --run-id NEW``) rather than continuing the checkpoint's."""
+        return self.resume is not None and self._explicit_run_id
 
     # --- construction from the command line -------------------------------------------------------
     @staticmethod
@@ -250,14 +368,20 @@ class ConfigParser:
         if not args.config and not args.resume:
             raise ConfigError("give a config with -c CONFIG.json, or a checkpoint to resume with -r CKPT.pth")
         source = args.config or str(args.resume)
+        resume_epoch = None
         if args.resume:
-            checkpoint = load_checkpoint(args.resume)
-            config = checkpoint.get("config")
-            if not isinstance(config, dict):
-                raise ConfigError(f"{args.resume}: the checkpoint holds no config")
+            checkpoint = load_checkpoint(args.resume, require=("config",))
+            config = checkpoint["config"]
+            resume_epoch = checkpoint.get("epoch")
+            named = list(args.plugins)
             if args.config:  # fine-tuning: the file's values win over the checkpoint's
-                config = deep_merge(config, load_json(args.config))
+                update = load_json(args.config)
+                named += [p for p in update.get("plugins") or [] if isinstance(p, str)]
+                checkpoint_plugins(config, named, args.resume)
+                config = deep_merge(config, update)
                 source = f"{args.resume} + {args.config}"
+            else:
+                checkpoint_plugins(config, named, args.resume)
         else:
             config = load_json(args.config)
         if not isinstance(config, dict):
@@ -277,7 +401,8 @@ class ConfigParser:
         if args.plugins:
             config["plugins"] = list(config.get("plugins", [])) + [p for p in args.plugins
                                                                    if p not in config.get("plugins", [])]
-        return cls(config, source=source, resume=args.resume, run_id=getattr(args, "run_id", None))
+        return cls(config, source=source, resume=args.resume, run_id=getattr(args, "run_id", None),
+                   resume_epoch=resume_epoch)
 
     # --- access -----------------------------------------------------------------------------------
     @property
@@ -351,21 +476,67 @@ class ConfigParser:
 
     # --- run directories --------------------------------------------------------------------------
     def prepare_run_dirs(self) -> None:
-        """Create the model and log directories and write ``config.json`` (rank 0 only)."""
+        """Check, create and lock the run directory, create the log directory and write ``config.json`` (rank 0
+        only). Every refusal comes before anything is written; the lock is held until :meth:`release_run_dir`
+        (or the end of the process)."""
         if not dist.is_main_process():
             return
-        if self.resume is None and self.model_dir.exists() and any(self.model_dir.iterdir()):
-            latest = self.model_dir / "latest.pth"
-            if latest.exists():
-                raise ConfigError(f"run directory {self.model_dir} already exists and is not empty; choose "
-                                  f"another --run-id, or continue that run with -r {latest}")
-            # a run killed before its first epoch ended: there is nothing to resume from
-            raise ConfigError(f"run directory {self.model_dir} already exists and is not empty but holds no "
-                              "checkpoint (that run stopped before its first epoch ended, or is still in its first "
-                              "epoch); choose another --run-id, or delete the directory to start that run again")
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.model_dir / "config.json").write_text(json.dumps(self._config, indent=2) + "\n", encoding="utf-8")
+        self._check_run_dirs()  # before creating anything
+        make_dirs(self.model_dir, "run directory")
+        self._lock = RunLock(self.model_dir)
+        self._lock.acquire()
+        try:
+            self._check_run_dirs()  # again, holding the lock: another process may have started in between
+            make_dirs(self.log_dir, "log directory")
+            atomic_write_text(self.model_dir / "config.json", json.dumps(self._config, indent=2) + "\n",
+                              "run config")
+        except BaseException:
+            self.release_run_dir()
+            raise
+
+    def release_run_dir(self) -> None:
+        """Give up the run directory's lock (the trainer's ``close`` calls this)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_run_dirs(self) -> None:
+        for directory, what in ((self.model_dir, "run directory"), (self.log_dir, "log directory")):
+            blocker = first_file_in_path(directory)
+            if blocker is not None:
+                raise StorageError(f"cannot use the {what} {directory}: {blocker} is a file, not a directory; move "
+                                   "it away or choose another trainer.args.save_dir")
+        if self.resume is None or self.branches:
+            self._check_new_run_dir()
+        else:
+            self._check_resume_is_newest()
+
+    def _check_new_run_dir(self) -> None:
+        if not self.model_dir.exists() or not any(p.name != RunLock.FALLBACK for p in self.model_dir.iterdir()):
+            return
+        latest = self.model_dir / "latest.pth"
+        if latest.exists():
+            raise ConfigError(f"run directory {self.model_dir} already exists and is not empty; choose "
+                              f"another --run-id, or continue that run with -r {latest}")
+        # a run killed before its first epoch ended: there is nothing to resume from
+        raise ConfigError(f"run directory {self.model_dir} already exists and is not empty but holds no "
+                          "checkpoint (that run stopped before its first epoch ended, or is still in its first "
+                          "epoch); choose another --run-id, or delete the directory to start that run again")
+
+    def _check_resume_is_newest(self) -> None:
+        """Continuing from anything but the run's newest state would overwrite newer checkpoints: refuse."""
+        latest = self.model_dir / "latest.pth"
+        if not latest.is_file() or os.path.samefile(latest, self.resume):
+            return
+        newest = load_checkpoint(latest, require=("epoch",))["epoch"]
+        mine = self.resume_epoch
+        if mine is None:
+            mine = load_checkpoint(self.resume, require=("epoch",))["epoch"]
+        if newest > mine:
+            raise ConfigError(f"{self.resume} is the state after epoch {mine}, but this run's {latest} is at epoch "
+                              f"{newest}: continuing in {self.model_dir} would overwrite that newer state. Continue "
+                              f"the run with -r {latest}, or branch from epoch {mine} into a new run directory with "
+                              f"-r {self.resume} --run-id NEW_ID")
 
 
 def iter_config_files(root: str | Path = "configs") -> Iterable[Path]:

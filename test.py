@@ -15,6 +15,7 @@ from train import trainer_for_checkpoint
 from utils import dist
 from utils.cli import (
     add_inference_arguments,
+    check_output_path,
     configure_inference,
     format_comparison,
     format_metrics,
@@ -32,6 +33,8 @@ def main(argv=None) -> None:
     parser.add_argument("--save_dir", help="directory for per-sample outputs (trainers that write them)")
     add_inference_arguments(parser)
     args = parser.parse_args(argv)
+    if args.out:
+        check_output_path(args.out)  # before the evaluation, not after it
     config, trainer, state = trainer_for_checkpoint(args, "test.py", data_dir=args.data_dir)
     preference = configure_inference(trainer, args)
     result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None, data_dir=args.data_dir)

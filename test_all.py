@@ -20,7 +20,7 @@ import torch
 from model.metric import CalibrationError, ShotAccuracy, split_scores
 from parse_config import ConfigParser
 from train import trainer_for_checkpoint
-from utils.cli import add_inference_arguments, configure_inference, run_cli, write_json
+from utils.cli import add_inference_arguments, check_output_path, configure_inference, run_cli, write_json
 from utils.errors import ConfigError
 from utils.plots import metric_figures, save_figure
 
@@ -65,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="write the results as JSON to this file (and figures next to it)")
     add_inference_arguments(parser)
     args = parser.parse_args(argv)
+    if args.out:
+        check_output_path(args.out)
     config, trainer, _ = trainer_for_checkpoint(args, "test_all.py")
     preference = configure_inference(trainer, args)
     loader = config.build_data_loader(training=False, device=trainer.device)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 
-from parse_config import ConfigParser, deep_merge, load_json
+from parse_config import ConfigParser, checkpoint_plugins, deep_merge, load_json
 from test_all import format_table, shot_settings
 from train import build_trainer
 from utils.checkpoint import load_checkpoint
-from utils.cli import run_cli, write_json
+from utils.cli import check_output_path, run_cli, write_json
 from utils.dist import is_main_process
 from utils.errors import ConfigError
 
@@ -45,12 +45,18 @@ def main(argv=None) -> None:
     parser.add_argument("-r", "--resume", required=True, help="multi-expert checkpoint to adapt")
     parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="allow the checkpoint's config to import MODULE (repeatable)")
     args = parser.parse_args(argv)
+    if args.out:
+        check_output_path(args.out)
     test_time = load_json(args.config)
     if "trainer" not in test_time:
         raise ConfigError(f'{args.config}: config["trainer"]: missing; a test-time config needs a "trainer" section '
                           "naming TestTimeTrainer")
-    checkpoint = load_checkpoint(args.resume)
+    checkpoint = load_checkpoint(args.resume, require=("model", "config"))
+    named = args.plugins + [p for p in test_time.get("plugins") or [] if isinstance(p, str)]
+    checkpoint_plugins(checkpoint["config"], named, args.resume)
     config_dict = merged_config(test_time, checkpoint["config"])
     if args.device and isinstance(config_dict["trainer"], dict) and isinstance(config_dict["trainer"]["args"], dict):
         config_dict["trainer"]["args"]["device"] = args.device

@@ -57,7 +57,10 @@ class BaseDataLoader(DataLoader):
         train_set, self._valid_set = self._split(dataset, validation_split, split_seed)
         self._loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
                                    pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                                   persistent_workers=num_workers > 0)
+                                   # workers start with each epoch's iterator, seeded from the torch generator that
+                                   # checkpoints save: persistent ones would keep their generators across epochs,
+                                   # and a resumed run would restart them in another state
+                                   persistent_workers=False)
         if sampler is None and dist.is_distributed():
             sampler = DistributedSampler(train_set, shuffle=shuffle, drop_last=drop_last)
         super().__init__(train_set, sampler=sampler, shuffle=shuffle if sampler is None else None,

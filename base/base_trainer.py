@@ -16,6 +16,8 @@ model). Constructing a trainer writes nothing to disk; :meth:`train` does, after
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import math
 import sys
 import time
@@ -29,7 +31,7 @@ from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
 from utils import dist
-from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.checkpoint import RESUME_ENTRIES, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.errors import CheckpointError, ConfigError, NonFiniteLossError, format_path
 from utils.logging import TensorboardWriter, close_file_handlers, get_logger
 
@@ -106,7 +108,9 @@ class BaseTrainer(ABC):
         self.raw_model = self.build_model().to(self.device)
         if self.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)  # touches 4D weights only
-        if config.get("init_from"):
+        # a resumed or evaluated run has its weights in the checkpoint: the initial weights are not needed (and may be
+        # gone); only a new run starts from them
+        if config.get("init_from") and getattr(config, "resume", None) is None:
             self.init_weights_from(config["init_from"])
         if sync_batchnorm:
             self.raw_model = self._sync_batchnorm(self.raw_model)
@@ -122,6 +126,56 @@ class BaseTrainer(ABC):
         self.lr_scheduler = self.build_scheduler()
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self._bad_batch = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._check_monitor()
+
+    # --- what the epoch log holds (checked before training) ------------------------------------------
+    def train_log_keys(self) -> set[str] | None:
+        """The keys ``_train_epoch`` returns, or None when a trainer does not declare them (checked after epoch 1
+        then). Trainers that declare them let a monitor typo fail before anything is written."""
+        return None
+
+    def eval_log_keys(self) -> set[str] | None:
+        """The keys ``evaluate`` returns (logged with a ``val_`` prefix), or None when not declared."""
+        return None
+
+    def logged_keys(self) -> set[str] | None:
+        """Every key of the epoch log, or None when the trainer does not declare its keys."""
+        train = self.train_log_keys()
+        if train is None:
+            return None
+        keys = {"lr", "time_s"} | train
+        if self.optimizer is not None and len(self.optimizer.param_groups) > 1:
+            keys |= {f"lr_group{i}" for i in range(len(self.optimizer.param_groups))}
+        if self.valid_loader is not None:
+            evaluated = self.eval_log_keys()
+            if evaluated is None:
+                return None
+            keys |= {f"val_{k}" for k in evaluated}
+        return keys
+
+    def _check_monitor(self) -> None:
+        """A monitor naming a key the epoch log never holds, or ReduceLROnPlateau without a monitor, fails here, not
+        after the first epoch with a run directory left behind."""
+        where = f'{self.config.source}: config["trainer"]["args"]["monitor"]'
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.monitor_mode == "off":
+            raise ConfigError(f'{self.config.source}: config["lr_scheduler"]: ReduceLROnPlateau steps on the monitored '
+                              'value, but trainer.args.monitor is "off"; set it, e.g. "min val_loss", or choose '
+                              "another schedule")
+        if self.monitor_mode == "off":
+            return
+        keys = self.logged_keys()
+        if keys is None or self.monitor_key in keys:
+            return
+        close = difflib.get_close_matches(self.monitor_key, sorted(keys), n=1, cutoff=0.6)
+        hint = f' Did you mean "{self.monitor_mode} {close[0]}"?' if close else ""
+        loader = f'config["data_loader"] ({self.config["data_loader"]["type"]})'
+        if self.valid_loader is None:
+            origin = f"there are no val_ keys: {loader} holds nothing back for validation"
+        else:
+            metrics = ", ".join(str(m.get("type")) for m in self.config.get("metrics", [])) or "none"
+            origin = f'the val_ keys are the loss and the metrics of config["metrics"]: {metrics}'
+        raise ConfigError(f'{where}: "{self.monitor_key}" is not in the epoch log; available: '
+                          f"{', '.join(sorted(keys))} ({origin}).{hint}")
 
     # --- component builders (override to customise) -----------------------------------------------
     @property
@@ -137,9 +191,47 @@ class BaseTrainer(ABC):
         loader = self.config.build_data_loader(training=True, device=self.device)
         return loader, loader.split_validation()
 
+    @property
+    def data_channels(self) -> int | None:
+        """Channels of the data's images: the loader's ``channels`` when it declares them, else those of an
+        in-memory image tensor ``(N, C, H, W)`` of its dataset; None when unknown (no check then)."""
+        declared = getattr(self.data_loader, "channels", None)
+        if isinstance(declared, int):
+            return declared
+        dataset = getattr(self.data_loader, "dataset", None)
+        while isinstance(dataset, torch.utils.data.Subset):
+            dataset = dataset.dataset
+        images = getattr(dataset, "images", None)
+        return images.shape[1] if isinstance(images, torch.Tensor) and images.dim() == 4 else None
+
     def build_model(self) -> nn.Module:
         optional = {"num_classes": self.num_classes} if self.num_classes is not None else {}
+        self._check_channels()
         return self.config.build("arch", optional=optional)
+
+    def _check_channels(self) -> None:
+        """A model whose ``in_channels`` differs from the data's would fail inside the first convolution."""
+        channels = self.data_channels
+        if channels is None:
+            return
+        from utils.registry import MODELS
+
+        target = MODELS.get(self.config["arch"]["type"])
+        given = (self.config["arch"].get("args") or {}).get("in_channels")
+        if given is None:
+            try:
+                parameter = inspect.signature(target).parameters.get("in_channels")
+            except (TypeError, ValueError):
+                return
+            if parameter is None or parameter.default is parameter.empty:
+                return
+            given = parameter.default
+        if isinstance(given, int) and given != channels:
+            loader = self.config["data_loader"]["type"]
+            raise ConfigError(f'{self.config.source}: config["arch"]["args"]["in_channels"] is {given} but {loader} '
+                              f"gives {channels}-channel images; set it to {channels}"
+                              + ("" if "in_channels" in (self.config["arch"].get("args") or {}) else
+                                 f" ({self.config['arch']['type']} defaults to {given})"))
 
     def build_criterion(self):
         if "loss" not in self.config:
@@ -191,7 +283,7 @@ class BaseTrainer(ABC):
         Parameters missing from the checkpoint keep their initial values and extra ones are ignored,
         both listed in the log; a parameter whose shape differs is an error.
         """
-        state = load_checkpoint(path)["model"]
+        state = load_checkpoint(path, require=("model",))["model"]
         own = self.raw_model.state_dict()
         wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
         if wrong:
@@ -282,6 +374,45 @@ class BaseTrainer(ABC):
                 f"stopped; {kept}. Try a lower learning rate, gradient clipping (trainer.args.grad_clip) or "
                 'amp "off"')
 
+    def _stopped(self, epoch: int) -> str:
+        latest = self.config.model_dir / "latest.pth"
+        kept = (f"the last good checkpoint ({latest}) is intact" if latest.exists()
+                else "no checkpoint had been written yet")
+        return f"Training stopped without saving epoch {epoch}; {kept}"
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Raise NonFiniteLossError when a floating-point weight or buffer is NaN or Inf (one sync per epoch):
+        a finite loss does not make the weights saved after it finite."""
+        tensors = [(name, t) for name, t in self.raw_model.state_dict().items() if t.is_floating_point()]
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+        if not bool(finite.all()):
+            bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+            raise NonFiniteLossError(
+                f"the weights became non-finite (NaN or Inf) in epoch {epoch}: {', '.join(bad[:4])}"
+                f"{' ...' if len(bad) > 4 else ''}. {self._stopped(epoch)}. Try a lower learning rate, gradient "
+                'clipping (trainer.args.grad_clip) or amp "off"')
+
+    def _check_finite_log(self, epoch: int, log: dict[str, Any]) -> None:
+        """Raise NonFiniteLossError when a logged value (a validation loss or metric) is NaN or Inf."""
+        bad = [k for k, v in log.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"{', '.join(f'{k} {log[k]}' for k in bad)} at epoch {epoch}: a model whose scores are not finite is "
+                f"not saved. {self._stopped(epoch)}. Try a lower learning rate, gradient clipping "
+                '(trainer.args.grad_clip) or amp "off"')
+
+    def _learning_rates(self) -> dict[str, float]:
+        """``{"lr": rate}``, plus ``lr_group<i>`` for each parameter group when there are several."""
+        if self.optimizer is None:
+            return {"lr": None}
+        groups = self.optimizer.param_groups
+        rates = {"lr": groups[0]["lr"]}
+        if len(groups) > 1:
+            rates.update({f"lr_group{i}": group["lr"] for i, group in enumerate(groups)})
+        return rates
+
     def progress(self, loader, epoch: int, desc: str = "train"):
         """Iterate ``loader`` with a tqdm bar when enabled (rank 0 only)."""
         return tqdm(loader, desc=f"{desc} {epoch}/{self.epochs}", leave=False, dynamic_ncols=True,
@@ -307,16 +438,19 @@ class BaseTrainer(ABC):
                 self._set_sampler_epoch(epoch)
                 self._bad_batch.fill_(-1)
                 self.raw_model.train()
+                trained_with = self._learning_rates()  # the scheduler steps after the epoch: log what it trained with
                 log = {"epoch": epoch, **self._train_epoch(epoch)}
                 self.check_finite(epoch)
                 # DDP syncs buffers (BatchNorm statistics) only before training forwards: make the ranks agree
                 # before validation and saving (the checkpoint holds rank 0's)
                 dist.broadcast_buffers(self.raw_model)
+                self._check_finite_weights(epoch)
                 if self.valid_loader is not None:
                     log.update({f"val_{k}": v for k, v in self._valid_epoch(epoch).items()})
+                self._check_finite_log(epoch, log)
                 improved = self._update_monitor(log)
                 self._step_scheduler(log)
-                log["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
+                log.update(trained_with)
                 log["time_s"] = round(time.perf_counter() - started, 2)
                 self._log_epoch(log, improved)
                 self._save(epoch, improved)
@@ -428,7 +562,7 @@ class BaseTrainer(ABC):
 
     def resume(self, path: str | Path) -> None:
         """Continue the run saved in checkpoint ``path``: weights, optimizer, scheduler, RNG, counters."""
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=RESUME_ENTRIES)
         if state.get("arch") != self.config["arch"]["type"]:
             raise CheckpointError(f"{path} holds a {state.get('arch')} model but the config builds "
                                   f"{self.config['arch']['type']}")
@@ -440,18 +574,54 @@ class BaseTrainer(ABC):
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from err
         if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizer(path, state["optimizer"])
             self._warn_if_optimizer_changed(path, state.get("config") or {})
-        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if state.get("grad_scaler"):
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        for key, target in (("lr_scheduler", self.lr_scheduler), ("grad_scaler", self.grad_scaler)):
+            if target is not None and state.get(key):
+                try:
+                    target.load_state_dict(state[key])
+                except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+                    raise CheckpointError(f"{path}: the checkpoint's '{key}' entry does not fit the configured "
+                                          f"{type(target).__name__} ({type(err).__name__}: {err})") from err
         self.monitor_best = state["monitor_best"]
         self.not_improved = state.get("not_improved", 0)
         self.start_epoch = state["epoch"] + 1
         self.load_trainer_state(state.get("trainer_state") or {})
         set_rng_state(state["rng"])
         self.logger.info(f"Resumed from {path} (epoch {state['epoch']})")
+
+    # optimizer state entries that hold one value per parameter element, so must have the parameter's shape
+    _PER_ELEMENT_STATE = frozenset({"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg",
+                                    "grad_avg", "acc_delta", "sum", "prev", "step_size", "ax", "exp_inf"})
+
+    def _load_optimizer(self, path: str | Path, saved: dict[str, Any]) -> None:
+        """Restore the optimizer's state, refusing one whose groups or buffers do not fit the parameters (torch
+        would accept buffers of another shape and fail at the first step of training)."""
+        groups = saved.get("param_groups")
+        own = self.optimizer.param_groups
+        if not isinstance(groups, list) or not isinstance(saved.get("state"), dict) or not all(
+                isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+            raise CheckpointError(f"{path}: the checkpoint's 'optimizer' entry is not an optimizer state (it needs "
+                                  "'state' and a list of 'param_groups')")
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in own]:
+            raise CheckpointError(f"{path}: the checkpoint's optimizer has {len(groups)} parameter group(s) of "
+                                  f"{[len(g['params']) for g in groups]} parameters, the configured one "
+                                  f"{len(own)} of {[len(g['params']) for g in own]}; the checkpoint belongs to "
+                                  "another model or trainer")
+        try:
+            self.optimizer.load_state_dict(saved)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: the checkpoint's 'optimizer' entry does not fit the configured "
+                                  f"{type(self.optimizer).__name__} ({type(err).__name__}: {err})") from err
+        for group_index, group in enumerate(self.optimizer.param_groups):
+            for param_index, param in enumerate(group["params"]):
+                for name, value in self.optimizer.state.get(param, {}).items():
+                    if name in self._PER_ELEMENT_STATE and isinstance(value, torch.Tensor) \
+                            and value.shape != param.shape:
+                        raise CheckpointError(
+                            f"{path}: optimizer state '{name}' of parameter {param_index} in group {group_index} has "
+                            f"shape {tuple(value.shape)}, the parameter {tuple(param.shape)}; the checkpoint is "
+                            "damaged or belongs to another model")
 
     def _warn_if_optimizer_changed(self, path: str | Path, saved_config: dict[str, Any]) -> None:
         """Resuming restores the optimizer's and scheduler's state, learning rates included: say so when the
@@ -467,7 +637,7 @@ class BaseTrainer(ABC):
 
     def load_weights(self, path: str | Path) -> dict[str, Any]:
         """Load only the model weights (and trainer state) of ``path`` for evaluation; returns the checkpoint."""
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=("model",))
         try:
             self.raw_model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -493,6 +663,9 @@ class BaseTrainer(ABC):
     def close(self) -> None:
         self.writer.close()
         close_file_handlers(self.logger)
+        release = getattr(self.config, "release_run_dir", None)
+        if release is not None:
+            release()
 
 
 def _parse_monitor(monitor: str) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ from data_loader.test_agnostic import formula_splits
 from utils.registry import DATA_LOADERS, SAMPLERS
 
 _MEAN, _STD = 4.88 / 16, 6.02 / 16  # pixel mean/std of the whole digits set, after scaling to [0, 1]
+MAX_SHIFT = 4  # half the 8-pixel side: every shifted image keeps at least a quarter of the digit
 
 
 class ImageTensorDataset(Dataset):
@@ -95,8 +96,9 @@ class DigitsLT(BaseDataLoader):
                              "few training images (each digit class has about 175); keep the sum <= 150")
         if validation == "heldout" and val_per_class == 0:
             raise ValueError('validation="heldout" needs val_per_class > 0')
-        if shift < 0:
-            raise ValueError(f"shift must be >= 0, got {shift}")
+        if not 0 <= shift <= MAX_SHIFT:
+            # a shift of 8 moves an 8x8 image out of its frame: the model would train on blank images
+            raise ValueError(f"shift must be in [0, {MAX_SHIFT}] (pixels of an 8x8 image), got {shift}")
         images, targets, test_idx, val_idx, pool_idx = _digits_split(test_per_class, val_per_class)
         pool_sizes = np.bincount(targets[pool_idx].numpy(), minlength=10)
         n_max = int(pool_sizes.min()) if n_max is None else n_max
@@ -106,6 +108,7 @@ class DigitsLT(BaseDataLoader):
         train_idx = pool_idx[subsample_per_class(targets[pool_idx].numpy(), counts, seed=0)]
         self.cls_num_list = counts
         self.num_classes = 10
+        self.channels = 1  # grey 8x8 images: models need in_channels 1
         self.validation = validation
         self._splits = {"test": test_idx, "heldout": val_idx}
         self._images, self._targets = images, targets

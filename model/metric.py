@@ -147,6 +147,9 @@ class ShotAccuracy(Metric):
         return out
 
 
+MAX_BINS = 1000  # confidence bins; more leave most bins empty on any test set (and 1e12 would allocate terabytes)
+
+
 @METRICS.register(name="ece")
 class CalibrationError(Metric):
     """Expected and maximum calibration error (ECE, MCE) in percent, equal-width confidence bins.
@@ -159,8 +162,8 @@ class CalibrationError(Metric):
     keys = ("ece", "mce")
 
     def __init__(self, n_bins: int = 15):
-        if n_bins < 1:
-            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        if not 1 <= n_bins <= MAX_BINS:
+            raise ValueError(f"n_bins must be in [1, {MAX_BINS}], got {n_bins}")
         self.n_bins = n_bins
         super().__init__()
 

@@ -4,8 +4,10 @@ Every file under configs/ is read, pointed at generated data (tests/fuzz_data.py
 lists naming every class, NMR ladders, a few simulated ladders, a stand-in stage-1 checkpoint) and mutated once:
 a key deleted, a value replaced by one of another JSON type, a number pushed out of range (negative, zero,
 doubled, fractional, NaN, Infinity), a registered name replaced by an unknown or dangerous one ("os.system",
-dotted paths), an unknown key added. The mutated config goes through ``ConfigParser`` and ``train.build_trainer``
-(no training). Allowed outcomes:
+dotted paths), an unknown key added; and, read from a file as train.py -c does, a key duplicated in one object or
+a value nested 100 to 100,000 lists deep (refused by the reader, naming the file), a number made huge (10**30,
+2**64, 1e300: refused, or built without allocating it) and a string given a trailing newline. The mutated config
+goes through ``ConfigParser`` and ``train.build_trainer`` (no training). Allowed outcomes:
 
 * a ``ConfigError`` whose message names the mutated entry or the component holding it, in the framework's
   ``config["section"]["args"]["key"]`` notation;
@@ -17,17 +19,21 @@ Anything else (TypeError, KeyError, an assertion, a crash) fails, and so does an
 the working directory, under ``save_dir`` or next to the data. The test-time configs (test_time_*.json) are
 mutated and then merged over the training config they adapt, as test_training.py does.
 
-The draws are derandomized so that CI sees the same mutations on every run (2 + 6 per config). For a deep
+The draws are derandomized so that CI sees the same mutations on every run (2 + 6 per config, and 3 size and
+text mutations per config; ``FUZZ_SIZE_EXAMPLES=N`` draws more). For a deep
 pass, ``FUZZ_EXAMPLES=300 python -m pytest tests/test_config_fuzz.py -k many`` draws 300 mutations of
 every config (about an hour on 2 cores); to explore other draws, remove ``derandomize`` locally and add
 ``--hypothesis-seed N``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
 import os
 import re
+import resource
 from pathlib import Path
 
 import pytest
@@ -387,3 +393,97 @@ def test_test_time_trainer_args_null_means_no_arguments(name, generated, tmp_pat
     config["trainer"]["args"] = None
     assert check_outcome("trainer args null", ("trainer", "args"), None, config, base, name,
                          (tmp_path, generated["root"])) == "built"
+
+
+# --- text-level and size mutations: duplicate keys, trailing newlines, huge values, deep nesting -----------------
+HUGE_NUMBERS = [10**12, 10**30, 2**64, 1e38, 1e300, -(10**30)]
+SENTINEL = "__fuzz_sentinel__"
+
+
+def render(config: dict, path: tuple, replacement: str) -> str:
+    """``config`` as JSON text with the node at ``path`` written as the raw text ``replacement``."""
+    marked = copy.deepcopy(config)
+    if path:
+        get(marked, path[:-1])[path[-1]] = SENTINEL
+        return json.dumps(marked, indent=2).replace(json.dumps(SENTINEL), replacement, 1)
+    return replacement
+
+
+@st.composite
+def size_mutations(draw, config: dict):
+    """``(kind, description, path, value, mutated config or None, file text or None)``."""
+    nodes = list(walk(config))
+    numbers = [(p, v) for p, v in nodes if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    strings = [(p, v) for p, v in nodes if isinstance(v, str)]
+    dicts = [((), config)] + [(p, v) for p, v in nodes if isinstance(v, dict) and v]
+    kinds = ["duplicate_key", "deep_nesting"] + ["huge_value"] * bool(numbers) + ["trailing_newline"] * bool(strings)
+    kind = draw(st.sampled_from(kinds))
+    if kind == "duplicate_key":
+        path, node = draw(st.sampled_from(dicts))
+        key = draw(st.sampled_from(sorted(node)))
+        value = draw(st.sampled_from([node[key], None, 0, 10, "x", [], {}]))  # the same value, or another one
+        items = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in node.items()] + [f"{json.dumps(key)}: "
+                                                                               f"{json.dumps(value)}"]
+        text = render(config, path, "{" + ", ".join(items) + "}")
+        return kind, f"duplicate key {key!r} in {format_path(path)}", path + (key,), value, None, text
+    if kind == "deep_nesting":
+        path, node = draw(st.sampled_from(nodes))
+        depth = draw(st.sampled_from([100, 10_000, 100_000]))
+        text = render(config, path, "[" * depth + json.dumps(node) + "]" * depth)
+        return kind, f"{format_path(path)} nested {depth} lists deep", path, node, None, text
+    mutated = copy.deepcopy(config)
+    if kind == "huge_value":
+        path, old = draw(st.sampled_from(numbers))
+        value = draw(st.sampled_from(HUGE_NUMBERS))
+    else:
+        path, old = draw(st.sampled_from(strings))
+        value = old + draw(st.sampled_from(["\n", "\r\n", " \n"]))
+    get(mutated, path[:-1])[path[-1]] = value
+    return kind, f"set {format_path(path)} = {value!r} (was {old!r})", path, value, mutated, None
+
+
+@contextlib.contextmanager
+def bounded_memory(extra: int = 4 * 2**30):
+    """At most ``extra`` bytes of address space more than now: a value that asks for terabytes fails fast here
+    instead of taking the machine down (a build that needs it is the bug the test reports)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    limit = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def fuzz_sizes(path: Path, generated: dict, tmp_path: Path, monkeypatch, data) -> None:
+    monkeypatch.chdir(tmp_path)
+    config, base = shipped(path, generated)
+    kind, description, key_path, value, mutated, text = data.draw(size_mutations(config), label="mutation")
+    if text is not None:  # read from a file, as train.py -c does: refused by the reader, naming the file
+        target = tmp_path / path.name
+        target.write_text(text)
+        before = tree(tmp_path, generated["root"])
+        with pytest.raises(ConfigError) as info:
+            load_json(target)
+        message = str(info.value)
+        assert message.startswith(str(target)), f"{description}: the error does not name the file:\n{message}"
+        expected = f"the key {key_path[-1]!r} appears twice" if kind == "duplicate_key" else "levels deep"
+        assert expected in message, f"{description}: {message}"
+        target.unlink()
+        assert tree(tmp_path, generated["root"]) == before - {str(target)}
+        return
+    with bounded_memory():
+        outcome = check_outcome(description, key_path, value, mutated, base, str(path), (tmp_path, generated["root"]),
+                                config)
+    if kind == "trailing_newline" and key_path[-1] in ("name", "type"):
+        assert outcome == "ConfigError", f"{description}: accepted"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
+@settings(max_examples=int(os.environ.get("FUZZ_SIZE_EXAMPLES", "3")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_size_and_text_mutations_fail_cleanly_or_build(path, generated, tmp_path, monkeypatch, data):
+    fuzz_sizes(path, generated, tmp_path, monkeypatch, data)

@@ -134,7 +134,7 @@ def test_resume_under_the_same_world_size_is_exact(tiny_config, tmp_path):
              "--set", f"trainer.args.weights_dir={tmp_path / 'cut'}", "--set", "trainer.args.stop_after=1")
     run = tmp_path / "saved" / "models" / config["name"] / "cut"
     assert load_checkpoint(run / "latest.pth")["epoch"] == 1 and not (tmp_path / "cut").exists()
-    torchrun("train.py", "-r", str(run / "latest.pth"), "--set", "trainer.args.stop_after=0")
+    torchrun("train.py", "-r", str(run / "latest.pth"), "--plugin", "ddp_plugin", "--set", "trainer.args.stop_after=0")
     whole0, whole1 = rank_states(tmp_path / "whole", "rank")
     resumed0, resumed1 = rank_states(tmp_path / "cut", "rank")
     assert_same_weights(resumed0["model"], resumed1["model"], "rank 0 vs rank 1 after resuming")

@@ -387,3 +387,148 @@ def test_bf16_autocast_gradients_are_finite_on_cuda():
     assert torch.isfinite(loss)
     grads = [p.grad for p in unet.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# --- storage faults outside checkpoint writes ---------------------------------------------------------------------
+def failing_replace(code):
+    def replace(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+    return replace
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_config_json_on_a_failing_disk_is_one_error_and_no_empty_file(tiny_config, tmp_path, monkeypatch, capsys, code):
+    """train.py writes config.json atomically: a full or read-only disk leaves no empty config.json, and says so."""
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps(with_epochs(tiny_config, 1)))
+    monkeypatch.setattr(os, "replace", failing_replace(code))
+    with pytest.raises(SystemExit) as info:
+        train.run_cli(lambda: train.main(["-c", str(config_file), "--run-id", "full"]))
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    run_dir = model_dir(tmp_path, "full")
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: could not write the run config {run_dir / 'config.json'}: {REASONS[code]}")
+    assert list(run_dir.iterdir()) == []  # no config.json, empty or not, and no temporary file
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_run_directory_on_a_read_only_mount_is_one_error(tiny_config, tmp_path, monkeypatch, capsys, code):
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps(with_epochs(tiny_config, 1)))
+
+    def mkdir(self, *args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(SystemExit) as info:
+        train.run_cli(lambda: train.main(["-c", str(config_file), "--run-id", "ro"]))
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot create the run directory {model_dir(tmp_path, 'ro')}: {REASONS[code]}")
+
+
+@pytest.mark.parametrize("blocked", ["save_dir", "run_dir"])
+def test_a_file_where_a_directory_belongs_is_one_error(tiny_config, tmp_path, capsys, blocked):
+    config = with_epochs(tiny_config, 1)
+    if blocked == "save_dir":
+        (tmp_path / "saved").write_text("not a directory")
+        blocker = tmp_path / "saved"
+    else:
+        model_dir(tmp_path, "x").parent.mkdir(parents=True)
+        model_dir(tmp_path, "x").write_text("not a directory")
+        blocker = model_dir(tmp_path, "x")
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as info:
+        train.run_cli(lambda: train.main(["-c", str(config_file), "--run-id", "x"]))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{blocker} is a file, not a directory" in err and "trainer.args.save_dir" in err
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One epoch of the tiny config; test.py evaluates its checkpoint."""
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("trained")
+    config = with_epochs(copy.deepcopy(TINY), 1, save_dir=str(root / "saved"))
+    run_training(config, "t")
+    return root / "saved" / "models" / "tiny" / "t" / "latest.pth"
+
+
+@pytest.mark.parametrize("where", ["directory", "full", "parent_is_file"])
+def test_test_py_out_fault_is_one_error_and_nothing_half_written(trained_run, tmp_path, monkeypatch, capsys, where):
+    import test as test_script
+
+    out = tmp_path / "metrics.json"
+    if where == "directory":
+        out.mkdir()
+    elif where == "full":
+        monkeypatch.setattr(os, "replace", failing_replace(errno.ENOSPC))
+    else:
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "metrics.json"
+    with pytest.raises(SystemExit) as info:
+        train.run_cli(lambda: test_script.main(["-r", str(trained_run), "-d", "cpu", "--out", str(out)]))
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    expected = {"directory": f"--out {out}: it is a directory", "parent_is_file": f"{tmp_path / 'file'} is a file",
+                "full": f"could not write the output file {out}: the disk is full"}[where]
+    assert expected in err
+    if where == "full":
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # no metrics.json, no temporary file
+
+
+# --- non-finite validation metrics and weights --------------------------------------------------------------------
+class NaNOnEvaluation(nn.Module):
+    """Cross-entropy in training, NaN in evaluation (test plugin): a finite training loss, a NaN val_loss."""
+
+    def __init__(self):  # no arguments (nn.Module's own signature would take any)
+        super().__init__()
+
+    def forward(self, output, target):
+        loss = nn.functional.cross_entropy(output, target)
+        return loss if torch.is_grad_enabled() else loss * float("nan")
+
+
+class InfWeightsAfterEpoch(nn.Module):
+    """Cross-entropy that sets one weight to Inf after the last training batch of an epoch (test plugin)."""
+
+    def __init__(self, batches_per_epoch: int):
+        super().__init__()
+        self.batches_per_epoch, self.calls, self.model = batches_per_epoch, 0, None
+
+    def forward(self, output, target):
+        loss = nn.functional.cross_entropy(output, target)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.batches_per_epoch:
+                output.register_hook(lambda grad: grad * float("inf"))  # the step makes the weights non-finite
+        return loss  # the loss itself stays finite
+
+
+@pytest.fixture
+def nonfinite_losses():
+    LOSSES.register(NaNOnEvaluation)
+    LOSSES.register(InfWeightsAfterEpoch)
+    yield
+    LOSSES._entries.pop("NaNOnEvaluation", None)
+    LOSSES._entries.pop("InfWeightsAfterEpoch", None)
+
+
+@pytest.mark.parametrize("case", ["val_loss", "weights"])
+def test_nonfinite_validation_or_weights_stop_without_saving(tiny_config, tmp_path, nonfinite_losses, case):
+    """A finite training loss is not enough: a NaN val_loss or Inf weights stop the run before latest.pth or
+    model_best.pth is written for that epoch."""
+    config = with_epochs(tiny_config, 2, log_step=1)
+    config["loss"] = ({"type": "NaNOnEvaluation", "args": {}} if case == "val_loss" else
+                      {"type": "InfWeightsAfterEpoch", "args": {"batches_per_epoch": batches_per_epoch(config)}})
+    expected = r"val_loss nan at epoch 1" if case == "val_loss" else r"weights became non-finite .* in epoch 1"
+    with pytest.raises(NonFiniteLossError, match=expected + r".*Training stopped without saving epoch 1"):
+        run_training(config, "nf")
+    assert {p.name for p in model_dir(tmp_path, "nf").iterdir()} == {"config.json"}

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from parse_config import ConfigParser, apply_override, deep_merge, load_json
-from utils.errors import ConfigError
+from utils.errors import ConfigError, format_path
 from utils.registry import MODELS
 
 
@@ -167,3 +167,163 @@ def test_plugins_must_be_module_names_not_paths(tiny_config):
     tiny_config["plugins"] = ["/tmp/evil.py"]
     with pytest.raises(ConfigError, match="is not a Python module name"):
         ConfigParser(tiny_config)
+
+
+# --- names, duplicate keys, nesting -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny\n", "tiny\r\n", "\ntiny", "ti\nny"])
+def test_names_and_run_ids_with_a_newline_are_refused(tiny_config, name):
+    """``$`` also matches before a final newline: names are matched whole."""
+    with pytest.raises(ConfigError, match=re.escape('config["name"]: must be a non-empty name')):
+        ConfigParser({**tiny_config, "name": name})
+    with pytest.raises(ConfigError, match=re.escape(f"--run-id {name!r}: use letters")):
+        ConfigParser(tiny_config, run_id=name)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('{"name": "a", "name": "b"}', "name"),
+    ('{"name": "a", "optimizer": {"type": "SGD", "args": {"lr": 0.1, "lr": 10}}}', "lr"),
+    ('{"metrics": [{"type": "accuracy", "type": "top5"}]}', "type"),
+])
+def test_duplicate_json_keys_are_refused_naming_key_and_file(tmp_path, text, key):
+    path = tmp_path / "dup.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: the key '{key}' appears twice"):
+        load_json(path)
+    with pytest.raises(ConfigError, match=f"--set optimizer: the key '{key}' appears twice"):
+        apply_override({}, f"optimizer={text}")
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100_000])
+def test_deeply_nested_json_is_refused_without_recursion_error(tmp_path, tiny_config, depth):
+    path = tmp_path / "deep.json"
+    path.write_text('{"name": "x", "doc": ' + "[" * depth + "]" * depth + "}")
+    # the outer object is level 1, so the 64th "[" (column 21 + 64) is level 65
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}, line 1, column 85: nested more than 64 levels"):
+        load_json(path)
+    nested: list = []
+    for _ in range(depth):
+        nested = [nested]
+    with pytest.raises(ConfigError, match=r"^c.json: nested more than 64 levels deep"):
+        ConfigParser({**tiny_config, "doc": nested}, source="c.json")  # e.g. a config stored in a checkpoint
+
+
+def test_safe_json_api_for_manifests(tmp_path):
+    """The helper data readers call for manifest.json: their own error type, the file named."""
+    from utils import safe_json
+    from utils.errors import DataError
+
+    path = tmp_path / "manifest.json"
+    path.write_text('{"a": 1, "a": 2}')
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: the key 'a' appears twice"):
+        safe_json.load(path, error=DataError, what="manifest")
+    path.write_text('{"a": NaN}')
+    with pytest.raises(DataError, match="NaN is not valid JSON"):
+        safe_json.load(path, error=DataError, what="manifest")
+    with pytest.raises(DataError, match="manifest .* does not exist"):
+        safe_json.load(tmp_path / "missing.json", error=DataError, what="manifest")
+    assert safe_json.loads('{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}
+
+
+# --- values out of range ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, value, expected", [
+    (("optimizer", "args", "lr"), 1e300, "1e+300 is out of range; the learning rate must be in [0, 100]"),
+    (("optimizer", "args", "lr"), 1e38, "is out of range; the learning rate"),
+    (("optimizer", "args", "momentum"), 1.0, "1.0 is out of range; the momentum must be in [0, 1)"),
+    (("optimizer", "args", "momentum"), -0.5, "the momentum must be in [0, 1)"),
+    (("data_loader", "args", "batch_size"), 10**30, "is out of range; the batch size must be in [1, 1.04858e+06]"),
+    (("seed",), 2**64, "must be an integer in [0, 4294967295]"),
+    (("trainer", "args", "epochs"), 10**12, "the number of epochs must be in [1, 100000]"),
+])
+def test_out_of_range_values_are_refused_at_validation(tiny_config, path, value, expected):
+    node = tiny_config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match="^c.json: " + re.escape(format_path(path)) + ": .*" + re.escape(expected)):
+        ConfigParser(tiny_config, source="c.json")
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("data_loader", "args", "shift"), 1_000_000, "shift must be in [0, 4]"),
+    (("data_loader", "args", "shift"), 100, "shift must be in [0, 4]"),
+    (("metrics", 3, "args", "n_bins"), 10**12, "n_bins must be in [1, 1000]"),
+])
+def test_out_of_range_component_values_are_refused_when_building(tiny_config, tmp_path, path, value, expected):
+    import train
+
+    node = tiny_config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train.build_trainer(ConfigParser(tiny_config, source="c.json"))
+    assert not (tmp_path / "saved").exists()
+
+
+def test_cli_shortcuts_are_range_checked(tiny_config, tmp_path):
+    path = write(tmp_path, tiny_config)
+    for flag, value, expected in (("--lr", "1e300", "the learning rate"), ("--seed", "18446744073709551616", "seed"),
+                                  ("--bs", str(10**30), "the batch size")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse(["-c", str(path), flag, value])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
+
+
+# --- where a resumed run lives, and what it may overwrite ---------------------------------------------------------
+def fake_checkpoint(path, epoch, config):
+    from utils.checkpoint import save_checkpoint
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint({"epoch": epoch, "model": {}, "config": config}, path)
+
+
+def test_a_resumed_run_lives_where_its_checkpoint_is(tiny_config, tmp_path):
+    """The embedded config's save_dir (where the run was first trained) does not decide where a resumed run logs."""
+    tiny_config["trainer"]["args"]["save_dir"] = str(tmp_path / "elsewhere")
+    checkpoint = fake_checkpoint(tmp_path / "moved" / "models" / "tiny" / "r1" / "latest.pth", 1, tiny_config)
+    config = ConfigParser(tiny_config, resume=checkpoint)
+    assert config.model_dir == tmp_path / "moved" / "models" / "tiny" / "r1"
+    assert config.log_dir == tmp_path / "moved" / "log" / "tiny" / "r1"
+    loose = fake_checkpoint(tmp_path / "loose" / "latest.pth", 1, tiny_config)
+    config = ConfigParser(tiny_config, resume=loose)
+    assert config.model_dir == config.log_dir == tmp_path / "loose"
+    config.prepare_run_dirs()
+    config.release_run_dir()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resuming_from_an_older_checkpoint_does_not_overwrite_newer_state(tiny_config, tmp_path):
+    run = tmp_path / "saved" / "models" / "tiny" / "r"
+    old = fake_checkpoint(run / "checkpoint-epoch1.pth", 1, tiny_config)
+    latest = fake_checkpoint(run / "latest.pth", 4, tiny_config)
+    before = latest.read_bytes()
+    with pytest.raises(ConfigError, match=re.escape(f"{old} is the state after epoch 1, but this run's {latest} is at "
+                                                    f"epoch 4") + ".*" + re.escape(f"-r {latest}") + ".*"
+                                          + re.escape(f"-r {old} --run-id NEW_ID")):
+        ConfigParser(tiny_config, resume=old).prepare_run_dirs()
+    assert latest.read_bytes() == before and sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-epoch1.pth", "latest.pth"]
+    branch = ConfigParser(tiny_config, resume=old, run_id="from1")  # branching into a new run directory is fine
+    assert branch.model_dir == run.parent / "from1" and branch.log_dir == tmp_path / "saved" / "log" / "tiny" / "from1"
+    branch.prepare_run_dirs()
+    branch.release_run_dir()
+    newest = ConfigParser(tiny_config, resume=latest)  # the newest state continues in place
+    newest.prepare_run_dirs()
+    newest.release_run_dir()
+
+
+def test_one_run_directory_has_one_training_process(tiny_config, tmp_path):
+    import os
+
+    from utils.errors import StorageError
+
+    latest = fake_checkpoint(tmp_path / "saved" / "models" / "tiny" / "r" / "latest.pth", 2, tiny_config)
+    first = ConfigParser(tiny_config, resume=latest)
+    first.prepare_run_dirs()
+    with pytest.raises(StorageError, match=re.escape(f"the run directory {latest.parent} is in use by another "
+                                                     f"training process (pid {os.getpid()})")):
+        ConfigParser(tiny_config, resume=latest).prepare_run_dirs()
+    first.release_run_dir()
+    second = ConfigParser(tiny_config, resume=latest)
+    second.prepare_run_dirs()
+    second.release_run_dir()

@@ -1,6 +1,7 @@
 """BaseTrainer behaviour on real (tiny) runs: exact resume, atomic checkpoints, NaN stop, plugins."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -211,9 +212,9 @@ def test_failed_validation_creates_no_run_directory(tiny_config, tmp_path, monke
     with pytest.raises(ConfigError):
         train.main(["-c", str(path)])
     tiny_config["arch"]["args"].pop("num_clases")
-    tiny_config["optimizer"]["args"]["lr"] = -1.0  # caught when building, still before any write
+    tiny_config["optimizer"]["args"]["lr"] = -1.0  # caught by the range check, before anything is built or written
     path.write_text(json.dumps(tiny_config))
-    with pytest.raises(ConfigError, match=re.escape('config["optimizer"] (SGD): Invalid learning rate')):
+    with pytest.raises(ConfigError, match=re.escape('config["optimizer"]["args"]["lr"]: -1.0 is out of range')):
         train.main(["-c", str(path)])
     assert not (tmp_path / "saved").exists()
 
@@ -291,3 +292,92 @@ def test_compile_trains_the_same_step_and_saves_a_plain_checkpoint(tiny_config, 
     plain = train.build_trainer(ConfigParser(best["config"] | {"trainer": {
         **best["config"]["trainer"], "args": {**best["config"]["trainer"]["args"], "compile": False}}}))
     plain.raw_model.load_state_dict(best["model"])  # strict: every key of the uncompiled model
+
+
+# --- what a resumed or evaluated run needs ------------------------------------------------------------------------
+def test_resume_and_test_do_not_need_the_init_from_checkpoint(tiny_config, tmp_path):
+    """--init-from seeds a new run only: once that file is gone the run still resumes and evaluates."""
+    from parse_config import ConfigParser
+    from utils.checkpoint import save_checkpoint
+
+    initial = tmp_path / "stage1.pth"
+    model = train.build_trainer(ConfigParser(tiny_config)).raw_model
+    save_checkpoint({"epoch": 1, "model": model.state_dict()}, initial)
+    tiny_config["init_from"] = str(initial)
+    config = ConfigParser(tiny_config, run_id="b")
+    trainer = train.build_trainer(config)
+    config.model_dir.mkdir(parents=True)
+    latest = save_checkpoint(trainer.checkpoint_state(1), config.model_dir / "latest.pth")
+    initial.unlink()
+    resumed = train.build_trainer(ConfigParser(tiny_config, resume=latest))  # train.py -r
+    resumed.resume(latest)
+    assert resumed.start_epoch == 2
+    args = argparse.Namespace(resume=str(latest), config=None, overrides=[], plugins=[], device="cpu")
+    _, evaluated, state = train.trainer_for_checkpoint(args, "test.py")  # test.py -r
+    assert state["epoch"] == 1
+
+
+# --- monitor keys are checked before training --------------------------------------------------------------------
+@pytest.mark.parametrize("monitor, expected", [
+    ("max val_acc", '"val_acc" is not in the epoch log; available: .*val_accuracy.*Did you mean "max val_accuracy"'),
+    ("min los", '"los" is not in the epoch log.*Did you mean "min loss"'),
+])
+def test_monitor_key_typo_fails_before_anything_is_written(tiny_config, tmp_path, monitor, expected):
+    from parse_config import ConfigParser
+
+    tiny_config["trainer"]["args"]["monitor"] = monitor
+    with pytest.raises(ConfigError, match=re.escape('<config>: config["trainer"]["args"]["monitor"]: ') + expected):
+        train.build_trainer(ConfigParser(tiny_config, run_id="typo"))
+    assert not (tmp_path / "saved").exists()
+
+
+def test_reduce_on_plateau_without_a_monitor_fails_before_training(tiny_config, tmp_path):
+    from parse_config import ConfigParser
+
+    tiny_config["trainer"]["args"]["monitor"] = "off"
+    tiny_config["lr_scheduler"] = {"type": "ReduceLROnPlateau", "args": {}}
+    with pytest.raises(ConfigError, match=re.escape('config["lr_scheduler"]: ReduceLROnPlateau steps on the monitored '
+                                                    'value, but trainer.args.monitor is "off"')):
+        train.build_trainer(ConfigParser(tiny_config))
+    assert not (tmp_path / "saved").exists()
+
+
+def test_logged_lr_is_the_rate_the_epoch_trained_with(tiny_config, tmp_path, caplog):
+    """WarmupMultiStepLR with milestone 1: epoch 1 trains at the base rate, epoch 2 at a tenth of it."""
+    tiny_config["trainer"]["args"].update(epochs=2, test_after_training=False)
+    tiny_config["lr_scheduler"] = {"type": "WarmupMultiStepLR",
+                                   "args": {"milestones": [1], "gamma": 0.1, "warmup_epochs": 0}}
+    run(tiny_config, "lr")
+    log = (tmp_path / "saved" / "log" / "tiny" / "lr" / "train.log").read_text()
+    assert "epoch 1/2: " in log and re.search(r"epoch 1/2: .*\blr 0\.05\b", log), log
+    assert re.search(r"epoch 2/2: .*\blr 0\.005\b", log), log
+
+
+def test_model_input_channels_must_match_the_data(tiny_config):
+    from parse_config import ConfigParser
+
+    tiny_config["arch"]["args"]["in_channels"] = 3
+    with pytest.raises(ConfigError, match=re.escape('config["arch"]["args"]["in_channels"] is 3 but DigitsLT gives '
+                                                    "1-channel images; set it to 1")):
+        train.build_trainer(ConfigParser(tiny_config))
+    del tiny_config["arch"]["args"]["in_channels"]  # ResNet32 defaults to 3
+    with pytest.raises(ConfigError, match=r"is 3 but DigitsLT gives 1-channel images; set it to 1 \(ResNet32 "
+                                          "defaults to 3\\)"):
+        train.build_trainer(ConfigParser(tiny_config))
+
+
+def test_resume_is_exact_with_dataloader_workers(tiny_config, tmp_path):
+    """With worker processes (ImageListLT defaults to 4) the augmentation runs in the workers: they are started with
+    each epoch's iterator and seeded from the checkpointed torch generator, so a resumed epoch draws the same shifts."""
+    tiny_config["data_loader"]["args"].update(num_workers=2, shift=2)
+    tiny_config["trainer"]["args"].update(epochs=2, test_after_training=False)
+    run(tiny_config, "whole")
+    one = dict(tiny_config, trainer={**tiny_config["trainer"], "args": {**tiny_config["trainer"]["args"], "epochs": 1}})
+    run(one, "cut")
+    cut = tmp_path / "saved" / "models" / "tiny" / "cut" / "latest.pth"
+    run(tiny_config, None, resume=cut)
+    whole = load_checkpoint(tmp_path / "saved" / "models" / "tiny" / "whole" / "latest.pth")
+    resumed = load_checkpoint(cut)
+    assert whole["epoch"] == resumed["epoch"] == 2
+    for key in ("model", "optimizer", "rng"):
+        assert_same_state(whole[key], resumed[key], key)

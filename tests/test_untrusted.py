@@ -265,3 +265,193 @@ def test_save_dir_is_used_literally(tmp_path, monkeypatch, save_dir):
     config.prepare_run_dirs()
     assert (tmp_path / save_dir / "models" / "tiny" / "r" / "config.json").is_file()
     assert not (tmp_path / "marker").exists()
+
+
+# --- a checkpoint names no code ------------------------------------------------------------------------------------
+def marker_plugin(directory: Path, module: str, marker: Path) -> None:
+    """A plugin module in ``directory`` that creates ``marker`` when imported (what a hostile plugin does)."""
+    (directory / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+
+
+def test_a_checkpoint_cannot_choose_plugins_to_import(tmp_path, monkeypatch):
+    """test.py -r / train.py -r / test_training.py -r: the plugins listed in a checkpoint's config are imported only
+    when the user names them again; otherwise the error names them and the flag that allows them."""
+    import argparse
+
+    import test_training
+    from utils.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    marker = tmp_path / "imported"
+    marker_plugin(tmp_path, "ckpt_chosen_plugin", marker)
+    monkeypatch.delitem(sys.modules, "ckpt_chosen_plugin", raising=False)
+    config = set_path(TINY, ("plugins",), ["ckpt_chosen_plugin"])
+    checkpoint = save_checkpoint({"epoch": 1, "model": {}, "config": config}, tmp_path / "latest.pth")
+
+    def from_args(argv, training):
+        parser = ConfigParser.add_arguments(argparse.ArgumentParser(), training=training)
+        return ConfigParser.from_args(parser.parse_args(argv))
+
+    expected = (f"{re.escape(str(checkpoint))}: its config needs the plugin\\(s\\) 'ckpt_chosen_plugin', and a "
+                "checkpoint cannot choose code to import.*add --plugin ckpt_chosen_plugin")
+    for training in (True, False):  # train.py -r, test.py -r / test_all.py -r
+        with pytest.raises(ConfigError, match=expected):
+            from_args(["-r", str(checkpoint)], training)
+    test_time = tmp_path / "tt.json"
+    test_time.write_text('{"trainer": {"type": "TestTimeTrainer", "args": {}}}')
+    with pytest.raises(ConfigError, match=expected):
+        test_training.main(["-c", str(test_time), "-r", str(checkpoint)])
+    assert not marker.exists() and "ckpt_chosen_plugin" not in sys.modules
+    # named again by the user, it is imported
+    from_args(["-r", str(checkpoint), "--plugin", "ckpt_chosen_plugin"], False)
+    assert marker.exists()
+    sys.modules.pop("ckpt_chosen_plugin", None)
+
+
+def test_the_working_directory_is_importable_only_while_a_plugin_is_imported(tmp_path, monkeypatch):
+    """Stray .py files in the working directory (a tensorflow.py, psutil.py) must not shadow the optional imports
+    of installed libraries: nothing is added to sys.path without a plugin, and a plugin's import removes it after."""
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "stray_optional_library.py").write_text("raise SystemExit('a stray file ran')\n")
+    marker = tmp_path / "imported"
+    marker_plugin(tmp_path, "cwd_plugin_module", marker)
+    monkeypatch.delitem(sys.modules, "cwd_plugin_module", raising=False)
+    ConfigParser(TINY)
+    assert str(tmp_path) not in sys.path
+    assert importlib.util.find_spec("stray_optional_library") is None
+    ConfigParser(set_path(TINY, ("plugins",), ["cwd_plugin_module"]))  # from the working directory, as documented
+    assert marker.exists()
+    assert str(tmp_path) not in sys.path
+    importlib.invalidate_caches()
+    assert importlib.util.find_spec("stray_optional_library") is None
+    sys.modules.pop("cwd_plugin_module", None)
+
+
+# --- checkpoints are size-checked and structure-checked on load ---------------------------------------------------
+def recompress(source: Path, target: Path) -> Path:
+    """``source``'s records, deflated: a small file whose records inflate when read."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            new.writestr(item.filename, old.read(item.filename), compress_type=zipfile.ZIP_DEFLATED)
+    return target
+
+
+def test_checkpoint_records_are_size_checked_before_loading(tmp_path, monkeypatch):
+    """A small file that inflates into a large tensor, and a file over the stated limit, are refused before torch
+    reads a record; the limit is raised with LTF_MAX_CHECKPOINT_BYTES."""
+    from utils import checkpoint as checkpoint_module
+    from utils.checkpoint import save_checkpoint
+
+    big = save_checkpoint({"epoch": 1, "model": {"w": torch.zeros(2**23)}}, tmp_path / "big.pth")  # 32 MiB
+    bomb = recompress(big, tmp_path / "bomb.pth")
+    assert bomb.stat().st_size < 2**20 and torch.load(bomb, weights_only=True)["model"]["w"].numel() == 2**23
+    loads = []
+    monkeypatch.setattr(checkpoint_module.torch, "load", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(CheckpointError, match=f"refusing to load {re.escape(str(bomb))}: its record '.*' inflates "
+                                              "from [0-9,]+ to 33,554,432 bytes"):
+        load_checkpoint(bomb)
+    monkeypatch.setenv("LTF_MAX_CHECKPOINT_BYTES", str(2**20))
+    with pytest.raises(CheckpointError, match=f"refusing to load {re.escape(str(big))}: its records hold [0-9,]+ "
+                                              "bytes, more than the limit of 1,048,576 bytes.*LTF_MAX_CHECKPOINT"):
+        load_checkpoint(big)
+    monkeypatch.setenv("LTF_MAX_CHECKPOINT_BYTES", "lots")
+    with pytest.raises(CheckpointError, match="LTF_MAX_CHECKPOINT_BYTES='lots': give a positive number"):
+        load_checkpoint(big)
+    assert loads == []  # torch.load was never reached
+    monkeypatch.undo()
+    assert load_checkpoint(big)["model"]["w"].numel() == 2**23
+
+
+def _tiny_trainer(tmp_path):
+    import train
+
+    config = set_path(TINY, ("trainer", "args", "save_dir"), str(tmp_path / "saved"))
+    config = set_path(config, ("optimizer", "args", "momentum"), 0.9)
+    return config, train.build_trainer(ConfigParser(config, source="c.json"))
+
+
+def _stepped_state(trainer) -> dict:
+    """A real checkpoint state after one optimizer step (so it holds momentum buffers)."""
+    for p in trainer.raw_model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return trainer.checkpoint_state(1)
+
+
+def _doubled_groups(state):
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"] * 2
+
+
+def _wrong_momentum(state):
+    first = next(iter(state["optimizer"]["state"]))
+    buffer = state["optimizer"]["state"][first]["momentum_buffer"]
+    state["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(buffer.numel() + 1)
+
+
+MALFORMED = {  # name -> (mutation of a real checkpoint state, what the message must name)
+    "version_string": (lambda s: s.update(version="1"), "'version' entry is '1'"),
+    "version_none": (lambda s: s.update(version=None), "'version' entry is None"),
+    "no_model": (lambda s: s.pop("model"), "no 'model' entry"),
+    "no_rng": (lambda s: s.pop("rng"), "no 'rng' entry"),
+    "no_epoch": (lambda s: s.pop("epoch"), "no 'epoch' entry"),
+    "no_monitor_best": (lambda s: s.pop("monitor_best"), "no 'monitor_best' entry"),
+    "model_list": (lambda s: s.update(model=[torch.zeros(1)]), "'model' entry is list"),
+    "model_ints": (lambda s: s.update(model={"conv1.weight": 3}), "'model' entry maps 'conv1.weight' to int"),
+    "epoch_string": (lambda s: s.update(epoch="1"), "'epoch' entry is '1'"),
+    "rng_garbage": (lambda s: s.update(rng={"python": 1, "numpy": 2, "torch": 3}), "'rng' entry is not a valid"),
+    "rng_bad_torch": (lambda s: s["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)), "'rng' entry is not a"),
+    "optimizer_list": (lambda s: s.update(optimizer=[1]), "'optimizer' entry is list"),
+    "doubled_groups": (_doubled_groups, "optimizer has 2 parameter group"),
+    "wrong_momentum": (_wrong_momentum, "optimizer state 'momentum_buffer' of parameter 0 in group 0 has shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_checkpoint_is_refused_on_load_naming_file_and_entry(tmp_path, case):
+    """Checkpoints that keep the format marker but not the structure train.py writes: refused when resuming (before
+    any training), naming the file and the entry; evaluation refuses those without usable weights."""
+    _, trainer = _tiny_trainer(tmp_path)
+    state = _stepped_state(trainer)
+    mutate, expected = MALFORMED[case]
+    mutate(state)
+    path = tmp_path / "bad.pth"
+    torch.save({"format": "ltframework-checkpoint", **state} if "version" in state else
+               {"format": "ltframework-checkpoint", "version": 1, **state}, path)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: .*{re.escape(expected)}"):
+        trainer.resume(path)
+    if case.startswith(("version", "model", "no_model")):
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: .*{re.escape(expected)}"):
+            trainer.load_weights(path)
+        with pytest.raises(CheckpointError, match=re.escape(str(path))):
+            trainer.init_weights_from(str(path))
+
+
+@pytest.mark.parametrize("config_text, expected", [
+    ('"just a string"', "a config must be a JSON object .* got a JSON string"),
+    ('[{"trainer": {}}]', "a config must be a JSON object .* got a JSON list"),
+])
+def test_test_training_refuses_a_config_that_is_not_an_object(tmp_path, config_text, expected):
+    import test_training
+    from utils.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint({"epoch": 1, "model": {}, "config": TINY}, tmp_path / "c.pth")
+    path = tmp_path / "tt.json"
+    path.write_text(config_text)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {expected}"):
+        test_training.main(["-c", str(path), "-r", str(checkpoint)])
+
+
+def test_test_training_refuses_a_checkpoint_without_a_config(tmp_path):
+    import test_training
+    from utils.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint({"epoch": 1, "model": {}}, tmp_path / "c.pth")
+    path = tmp_path / "tt.json"
+    path.write_text('{"trainer": {"type": "TestTimeTrainer", "args": {}}}')
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(checkpoint))}: the checkpoint has no 'config' entry"):
+        test_training.main(["-c", str(path), "-r", str(checkpoint)])

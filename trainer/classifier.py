@@ -27,6 +27,17 @@ class ClassifierTrainer(BaseTrainer):
             logits = self.model(images)
         return self.criterion(logits, labels)
 
+    def train_log_keys(self) -> set[str]:
+        return {"loss"}
+
+    def eval_log_keys(self) -> set[str]:
+        """``loss`` (with a criterion) and the keys every metric reports (what ``compute`` of a fresh one holds)."""
+        keys = {"loss"} if self.criterion is not None else set()
+        for metric in self.metrics:
+            metric.reset()
+            keys |= set(metric.compute())
+        return keys
+
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=self.device)
         seen = 0

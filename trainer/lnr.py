@@ -138,6 +138,9 @@ class LNRTrainer(ClassifierTrainer):
         self.writer.scalars({f"flips/to_class_{c}": into.get(c, 0) for c in range(self.num_classes)}, 0)
 
     # --- training ---------------------------------------------------------------------------------
+    def train_log_keys(self) -> set[str]:
+        return super().train_log_keys() | {"flips"}  # when flipping, or when a checkpoint restored flips
+
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         if self.flip and self.flipped is None:
             self.compute_flips()

@@ -25,6 +25,13 @@ from utils.errors import CheckpointError
 FORMAT = "ltframework-checkpoint"
 VERSION = 1
 
+# Reading a checkpoint allocates what its records say. torch.save writes each record uncompressed, so a record
+# that inflates is crafted (a 1 MB file holding a 1 GiB tensor); the total is bounded too, overridable for
+# models larger than this with the environment variable below.
+MAX_BYTES_ENV = "LTF_MAX_CHECKPOINT_BYTES"
+DEFAULT_MAX_BYTES = 16 * 2**30
+MAX_EXPANSION = 2  # a record may hold at most this many times its stored size (plus 64 KiB of slack)
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically; raises CheckpointError naming the path on failure.
@@ -140,11 +147,52 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+def max_checkpoint_bytes() -> int:
+    """The most bytes a checkpoint's records may hold in total: ``$LTF_MAX_CHECKPOINT_BYTES`` or 16 GiB."""
+    raw = os.environ.get(MAX_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise CheckpointError(f"{MAX_BYTES_ENV}={raw!r}: give a positive number of bytes, e.g. "
+                              f"{MAX_BYTES_ENV}={32 * 2**30} for 32 GiB")
+    return value
 
-    Raises CheckpointError for a missing file, a truncated or corrupt file, a file that would need
-    arbitrary code to unpickle, and a file that is not one of this framework's checkpoints.
+
+def _check_record_sizes(path: Path) -> None:
+    """Refuse an archive whose records would inflate or exceed the size limit, before torch reads any."""
+    limit = max_checkpoint_bytes()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(err).__name__}: "
+                              f"{err}). Use another checkpoint of the run, e.g. latest.pth or model_best.pth") from err
+    total = 0
+    for record in records:
+        if record.file_size > MAX_EXPANSION * record.compress_size + 65536:
+            raise CheckpointError(f"refusing to load {path}: its record {record.filename!r} inflates from "
+                                  f"{record.compress_size:,} to {record.file_size:,} bytes. torch.save stores records "
+                                  "uncompressed, so this file was crafted or re-packed; use a checkpoint train.py "
+                                  "wrote")
+        total += record.file_size
+    if total > limit:
+        raise CheckpointError(f"refusing to load {path}: its records hold {total:,} bytes, more than the limit of "
+                              f"{limit:,} bytes; if you trust the file and it is a model this large, raise the limit "
+                              f"with {MAX_BYTES_ENV}={total}")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True`` and check its structure.
+
+    Raises CheckpointError for a missing file, a truncated or corrupt file, records larger than stated in the
+    archive or than :func:`max_checkpoint_bytes`, a file that would need arbitrary code to unpickle, a file that is
+    not one of this framework's checkpoints, and an entry of the wrong type; ``require`` names the entries the
+    caller needs (see :data:`ENTRIES`), each reported by name when missing.
     """
     path = Path(path)
     if not path.is_file():
@@ -154,6 +202,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is not ours
         raise CheckpointError(f"{path} is not a checkpoint: it is not a torch.save archive (wrong file, or "
                               "a legacy pickle, which is never loaded because unpickling can run code)")
+    _check_record_sizes(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -168,10 +217,94 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a readable torch file but not a checkpoint of this framework "
                               f"(no '{FORMAT}' marker); train.py writes latest.pth and model_best.pth")
-    if state.get("version", 0) > VERSION:
+    validate_checkpoint(state, path, require)
+    return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _weights_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"is {type(value).__name__}, not a dict of parameter names to tensors"
+    for key, tensor in value.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            return f"maps {key!r} to {type(tensor).__name__}, not a tensor (it must map parameter names to tensors)"
+    return None
+
+
+def _rng_problem(value: Any) -> str | None:
+    """What is wrong with a saved RNG state, tried on private generators (the global ones are not touched)."""
+    if not isinstance(value, dict) or not {"python", "numpy", "torch"} <= set(value):
+        return "is not the {python, numpy, torch} generator states train.py saves"
+    try:
+        version, internal, gauss = value["python"]
+        random.Random().setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, gauss_np = value["numpy"]
+        if not isinstance(keys, torch.Tensor):
+            raise TypeError("numpy keys are not a tensor")
+        np.random.RandomState().set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+        if not isinstance(value["torch"], torch.Tensor):
+            raise TypeError("the torch state is not a tensor")
+        torch.Generator().set_state(value["torch"])
+        cuda = value.get("cuda", [])
+        if not isinstance(cuda, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in cuda):
+            raise TypeError("the cuda states are not a list of tensors")
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        return f"is not a valid generator state ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    return None
+
+
+def _optional_dict(value: Any) -> str | None:
+    return None if value is None or isinstance(value, dict) else f"is {type(value).__name__}, not a dict or null"
+
+
+# entry -> (what is wrong with a value, or None): every entry save_checkpoint's callers write
+ENTRIES = {
+    "version": lambda v: None if _is_int(v) and 1 <= v else f"is {v!r}, not a format version (an integer >= 1)",
+    "epoch": lambda v: None if _is_int(v) and v >= 0 else f"is {v!r}, not an epoch number (an integer >= 0)",
+    "model": _weights_problem,
+    "config": lambda v: None if isinstance(v, dict) else f"is {type(v).__name__}, not a config (a dict)",
+    "rng": _rng_problem,
+    "monitor_best": lambda v: None if _is_number(v) else f"is {v!r}, not a number",
+    "not_improved": lambda v: None if _is_int(v) and v >= 0 else f"is {v!r}, not a count (an integer >= 0)",
+    "world_size": lambda v: None if _is_int(v) and v >= 1 else f"is {v!r}, not a number of processes",
+    "arch": lambda v: None if isinstance(v, str) else f"is {v!r}, not a model name",
+    "run_id": lambda v: None if isinstance(v, str) else f"is {v!r}, not a run name",
+    "optimizer": _optional_dict,
+    "lr_scheduler": _optional_dict,
+    "grad_scaler": _optional_dict,
+    "trainer_state": _optional_dict,
+}
+# what resuming a run needs (weights, counters, generators, the config); evaluation needs "model" only
+RESUME_ENTRIES = ("model", "epoch", "rng", "monitor_best", "config")
+
+
+def validate_checkpoint(state: dict[str, Any], path: str | Path, require: tuple[str, ...] = ()) -> None:
+    """Check the entries of a loaded checkpoint once, on load: each present one has the type train.py writes, each
+    ``require``d one is present. Messages name the file and the entry."""
+    if "version" not in state:
+        raise CheckpointError(f"{path}: the checkpoint has no 'version' entry; it was not written by train.py")
+    for key, check in ENTRIES.items():
+        if key in state:
+            problem = check(state[key])
+            if problem:
+                raise CheckpointError(f"{path}: the checkpoint's '{key}' entry {problem}; the file was not written "
+                                      "by train.py or was altered. Use another checkpoint of the run")
+    if state["version"] > VERSION:
         raise CheckpointError(f"{path} was written by a newer version of this framework "
                               f"(format {state['version']} > {VERSION}); upgrade to read it")
-    return state
+    missing = [key for key in require if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint has no {', '.join(repr(k) for k in missing)} entr"
+                              f"{'y' if len(missing) == 1 else 'ies'}, which this needs "
+                              f"({'a run to resume' if 'rng' in missing or 'epoch' in missing else 'to use it'}); "
+                              "use latest.pth or model_best.pth of a run train.py wrote")
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from utils import dist
-from utils.errors import ConfigError, FrameworkError
+from utils.errors import ConfigError, FrameworkError, StorageError
+from utils.files import atomic_write_text, first_file_in_path, make_dirs
 
 
 def flush_denormals() -> None:
@@ -74,9 +75,19 @@ def write_json(path: str | Path, data: Any) -> None:
         return value
 
     path = Path(path)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(data), indent=2) + "\n", encoding="utf-8")
+    make_dirs(path.parent, "output directory")
+    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n", "output file")
+
+
+def check_output_path(path: str | Path, option: str = "--out") -> None:
+    """Refuse an output path that cannot become a file (a directory, a file where its directory belongs) before the
+    work that produces it; the write itself is atomic (see :func:`write_json`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise StorageError(f"{option} {path}: it is a directory; give a file name, e.g. {option} {path / 'out.json'}")
+    blocker = first_file_in_path(path.parent)
+    if blocker is not None:
+        raise StorageError(f"{option} {path}: {blocker} is a file, not a directory")
 
 
 def add_inference_arguments(parser) -> None:

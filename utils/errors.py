@@ -22,8 +22,13 @@ class DataError(FrameworkError):
     """A data file or directory is missing or holds something the loader cannot accept."""
 
 
+class StorageError(FrameworkError):
+    """A file or directory the program writes cannot be written (full disk, read-only mount, a file in the way)."""
+
+
 class NonFiniteLossError(FrameworkError):
-    """The training loss became NaN or Inf; training stops and the last good checkpoint is kept."""
+    """The training loss, a validation metric or the weights became NaN or Inf; training stops without saving
+    that epoch and the last good checkpoint is kept."""
 
 
 def format_path(keys) -> str:
