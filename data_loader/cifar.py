@@ -272,6 +272,8 @@ class CIFARLT(TensorBatchLoader):
     """Shared implementation of :class:`CIFAR10LT` and :class:`CIFAR100LT` (the class docstrings there)."""
 
     layout: ClassVar[CifarLayout]
+    # the many/medium/few definition of the dataset family (shot_accuracy args); test_all.py's default
+    shot_groups: ClassVar[dict]
 
     def __init__(self, data_dir: str = "data", imb_factor: float = 0.01, batch_size: int = 128,
                  training: bool = True, download: bool = False,
@@ -485,6 +487,9 @@ class CIFAR10LT(CIFARLT):
                + _ARGS_DOC.format(folder=CIFAR10_LAYOUT.folder, url=CIFAR10_LAYOUT.url, n_per_class=5000))
 
     layout = CIFAR10_LAYOUT
+    # MiSLAS/LNR's ranges (reference/lnr.md 1.5): at IR 100 > 1500 / < 200 training images; counts > 100 / < 20
+    # leave "few" empty on CIFAR-10-LT (50 to 5,000 images a class)
+    shot_groups = {"ranges": [[0, 3], [3, 7], [7, 10]]}
 
 
 @DATA_LOADERS.register()
@@ -494,6 +499,8 @@ class CIFAR100LT(CIFARLT):
                + _ARGS_DOC.format(folder=CIFAR100_LAYOUT.folder, url=CIFAR100_LAYOUT.url, n_per_class=500))
 
     layout = CIFAR100_LAYOUT
+    # the > 100 / < 20 groups of IR 100 (35/35/30 classes, SADE/PRL), by index so IR 10 has a "few" group too
+    shot_groups = {"ranges": [[0, 35], [35, 70], [70, 100]]}
 
 
 __all__ = ["CIFAR10LT", "CIFAR100LT", "CIFARLT", "TensorBatchLoader", "EpochPermutationSampler", "OPS",
