@@ -7,7 +7,8 @@ from the original, which rules out generated test fixtures and re-packed copies.
 Protocol (LDAM-DRW / MiSLAS / SADE, see ``reference/lnr.md`` §1.1 and ``reference/experts.md`` §2.3):
 the long-tailed training set keeps ``n_i = int(n_max * imb_factor ** (i / (C - 1)))`` images of class
 ``i``, the first after a per-class shuffle of a generator seeded with 0 (``subsample_per_class``); the
-test set is the full balanced 10,000-image CIFAR test split; training images are augmented with
+test set is the full balanced 10,000-image CIFAR test split (a test file with unequal class counts is split
+for test_all.py from its smallest class, see ``formula_splits``); training images are augmented with
 RandomCrop(32, padding=4) + horizontal flip (SADE adds RandomRotation(15)) and every image is normalised
 with the CIFAR-10 mean/std, for CIFAR-100 too.
 """
@@ -275,7 +276,7 @@ class CIFARLT(TensorBatchLoader):
     # the many/medium/few definition of the dataset family (shot_accuracy args); test_all.py's default
     shot_groups: ClassVar[dict]
 
-    def __init__(self, data_dir: str = "data", imb_factor: float = 0.01, batch_size: int = 128,
+    def __init__(self, data_dir: str = "data", imb_factor: float | None = 0.01, batch_size: int = 128,
                  training: bool = True, download: bool = False,
                  validation: Literal["test", "heldout", "none"] = "test", val_per_class: int = 20,
                  augment: Sequence[str] = ("crop", "flip"), rotate_degrees: float = 15.0,
@@ -320,10 +321,12 @@ class CIFARLT(TensorBatchLoader):
             empty = [int(c) for c in np.flatnonzero(pool_counts < 1)]
             raise DataError(f"{self._files(layout.train_files)[0]}: class(es) {empty[:10]} have no training images"
                             + (f" left after holding back val_per_class={val_per_class}" if len(heldout_idx) else ""))
-        n_max = int(pool_counts.min())
-        counts = long_tailed_counts(n_max, layout.num_classes, imb_factor)
-        train_idx = pool[subsample_per_class(labels[pool], counts, seed=0)]
-        self.cls_num_list, self.num_classes, self.n_max = counts, layout.num_classes, n_max
+        if imb_factor is None:  # the files hold a long-tailed training set already (a user's own data): keep it all
+            counts, train_idx = [int(n) for n in pool_counts], pool
+        else:
+            counts = long_tailed_counts(int(pool_counts.min()), layout.num_classes, imb_factor)
+            train_idx = pool[subsample_per_class(labels[pool], counts, seed=0)]
+        self.cls_num_list, self.num_classes, self.n_max = counts, layout.num_classes, max(counts)
         self._heldout = self._split(images[heldout_idx], labels[heldout_idx]) if len(heldout_idx) else None
 
         if training:
@@ -448,9 +451,12 @@ class CIFARLT(TensorBatchLoader):
 _ARGS_DOC = """
     Args:
         data_dir: directory holding ``{folder}/`` (torchvision's layout), or that folder itself.
-        imb_factor: n_min / n_max of the training profile, in (0, 1]; 0.01 is "imbalance ratio 100".
+        imb_factor: n_min / n_max of the training profile, in (0, 1]; 0.01 is "imbalance ratio 100". ``null``:
+            the training files are long-tailed already (your own data in CIFAR's format): every training image
+            is kept and ``cls_num_list`` is their class counts. Class-index many/medium/few ranges then assume
+            the classes are numbered from the most to the least frequent; the tables print each group's counts.
         batch_size: images per batch.
-        training: True for the long-tailed training set, False for the full balanced test set (index order,
+        training: True for the long-tailed training set, False for the full test set (index order,
             no augmentation; ``cls_num_list`` is still the training counts).
         download: fetch and extract ``{url}`` into ``data_dir`` when the files are missing (needs internet).
         validation: what ``split_validation()`` returns and so which data selects ``model_best.pth``:
