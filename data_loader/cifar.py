@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data_loader.batch_augment import OPS, BatchAugment
 from data_loader.long_tail import long_tailed_counts, subsample_per_class
-from data_loader.test_agnostic import formula_splits
+from data_loader.test_agnostic import formula_splits, index_splits
 from utils import dist
 from utils.errors import DataError
 from utils.registry import DATA_LOADERS, SAMPLERS
@@ -282,7 +282,7 @@ class CIFARLT(TensorBatchLoader):
                  augment: Sequence[str] = ("crop", "flip"), rotate_degrees: float = 15.0,
                  mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD, shuffle: bool = True,
                  drop_last: bool = False, sampler: dict | None = None, device: str | torch.device | None = None,
-                 augmented_split_scoring: bool = False, seed: int = 0):
+                 augmented_split_scoring: bool = False, seed: int = 0, split_lists: dict | None = None):
         layout = self.layout
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -296,6 +296,10 @@ class CIFARLT(TensorBatchLoader):
             raise ValueError(f"mean and std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if split_lists is not None and not all(isinstance(v, str) for v in split_lists.values()):
+            raise ValueError('split_lists maps a split name to a file of test positions, e.g. {"forward50": '
+                             f'"forward50.txt"}}, got {split_lists}')
+        self.split_lists, self._data_dir = dict(split_lists or {}), Path(data_dir)
         device = torch.device(device) if device is not None else torch.device("cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available")
@@ -429,7 +433,11 @@ class CIFARLT(TensorBatchLoader):
         return self._test_split().targets.clone()
 
     def test_agnostic_splits(self) -> dict[str, np.ndarray]:
-        """forward50..uniform..backward50 index sets of the test split, by the CIFAR formula."""
+        """forward50..uniform..backward50 index sets of the test split: by the CIFAR formula (from the smallest
+        class of an unbalanced test file), or the positions listed in ``split_lists``."""
+        if self.split_lists:
+            return index_splits(len(self._test_split()), {name: self._data_dir / file
+                                                          for name, file in self.split_lists.items()})
         return formula_splits(self.test_targets().numpy(), self.num_classes)
 
     def view_loader(self, indices) -> TensorBatchLoader:
@@ -480,6 +488,9 @@ _ARGS_DOC = """
             every split is scored on clean images; True: ``test_all.py`` scores non-uniform splits on
             ``augmented_test_loader()`` as SADE does.
         seed: seed of the per-epoch sample order (the long-tailed subset itself always uses seed 0).
+        split_lists: test-agnostic split name -> file in ``data_dir`` (or a path) listing that split's test images,
+            one 0-based position in the test file per line, e.g. ``{{"forward50": "forward50.txt", ...}}``; replaces
+            the formula splits (by default drawn from the smallest test class when the test file is unbalanced).
 
     Batches are ``(images float32 (B, 3, 32, 32), labels int64 (B,), index int64 (B,))``, images and
     labels on ``device``, index on the CPU. Augmentation draws from the device's default generator.

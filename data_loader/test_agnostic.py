@@ -121,6 +121,41 @@ def list_splits(test_entries: Sequence[str], split_files: Mapping[str, str | Pat
     return {name: splits[name] for name in _ordered(splits)}
 
 
+def index_splits(n_test: int, split_files: Mapping[str, str | Path]) -> dict[str, np.ndarray]:
+    """Splits given as files of test-set positions, for test sets held as arrays (CIFAR's format).
+
+    Each file lists one 0-based position in the test file per line (blank lines are skipped). A line that is
+    not an integer, a position outside ``0..n_test - 1`` or one listed twice is an error naming the file and line.
+    """
+    splits: dict[str, np.ndarray] = {}
+    for name, file in split_files.items():
+        file = Path(file)
+        if not file.is_file():
+            raise DataError(f"split list {file} (split '{name}') does not exist")
+        indices: list[int] = []
+        first_line: dict[int, int] = {}
+        for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            text = line.strip()
+            if not text:
+                continue
+            if not text.isdigit():
+                raise DataError(f"{file}, line {line_no}: {text!r} is not a test-set position (one 0-based integer "
+                                f"per line, 0..{n_test - 1})")
+            index = int(text)
+            if index >= n_test:
+                raise DataError(f"{file}, line {line_no}: position {index} is outside the test set of {n_test} images "
+                                f"(0..{n_test - 1})")
+            if index in first_line:
+                raise DataError(f"{file}, line {line_no}: position {index} is listed twice (first on line "
+                                f"{first_line[index]}); a split scores each image once")
+            first_line[index] = line_no
+            indices.append(index)
+        if not indices:
+            raise DataError(f"split list {file} (split '{name}') is empty")
+        splits[name] = np.asarray(indices, dtype=np.int64)
+    return {name: splits[name] for name in _ordered(splits)}
+
+
 def _ordered(names) -> list[str]:
     """forward (most skewed first), uniform, backward (least skewed first), then any other names."""
     directional = sorted((n for n in names if _split_key(n) is not None), key=_split_key)

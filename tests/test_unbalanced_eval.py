@@ -151,3 +151,21 @@ def test_data_dir_on_a_loader_without_one_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="DigitsLT reads no data directory"):
         with_data_dir(ConfigParser(tiny_config), "/elsewhere", "test_all.py", required=True)
     assert with_data_dir(ConfigParser(tiny_config), "/elsewhere", "test.py").config == ConfigParser(tiny_config).config
+
+
+def test_cifar_split_lists_replace_the_formula(tmp_path):
+    write_cifar(tmp_path, "10", TRAIN, TEST)
+    (tmp_path / "uniform.txt").write_text("\n".join(map(str, range(0, 535, 2))) + "\n\n")
+    (tmp_path / "forward2.txt").write_text("7\n3\n500\n")
+    loader = CIFAR10LT(data_dir=str(tmp_path), imb_factor=None, training=False,
+                       split_lists={"uniform": "uniform.txt", "forward2": str(tmp_path / "forward2.txt")})
+    splits = loader.test_agnostic_splits()
+    assert list(splits) == ["forward2", "uniform"]
+    assert splits["forward2"].tolist() == [7, 3, 500] and splits["uniform"].tolist() == list(range(0, 535, 2))
+    for text, message in (("1\nx\n", r"forward2.txt, line 2: 'x' is not a test-set position"),
+                          ("535\n", r"line 1: position 535 is outside the test set of 535 images"),
+                          ("4\n\n4\n", r"line 3: position 4 is listed twice \(first on line 1\)"),
+                          ("-1\n", r"'-1' is not a test-set position")):
+        (tmp_path / "forward2.txt").write_text(text)
+        with pytest.raises(DataError, match=message):
+            loader.test_agnostic_splits()
