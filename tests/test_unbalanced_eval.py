@@ -169,3 +169,12 @@ def test_cifar_split_lists_replace_the_formula(tmp_path):
         (tmp_path / "forward2.txt").write_text(text)
         with pytest.raises(DataError, match=message):
             loader.test_agnostic_splits()
+
+
+@pytest.mark.parametrize("argv", [["-r", "model_best.pth"], ["-c", "configs/experts/test_time_cifar100.json"]])
+def test_test_training_needs_a_config_and_a_checkpoint(argv):
+    import test_training
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a test-time config and a multi-expert checkpoint: -c configs/"):
+        test_training.main(argv)
