@@ -1,13 +1,16 @@
 """Score a checkpoint on every test class distribution (the test-agnostic protocol of LADE/SADE/PRL).
 
-    python test_all.py -r saved/models/<name>/<run_id>/model_best.pth [--out results.json]
+    python test_all.py -r saved/models/<name>/<run_id>/model_best.pth [--out results.json] [--data_dir DIR]
                        [--preference a,b,c] [--weights a,b,c] [--set KEY=VALUE ...] [-d cpu]
 
 The model runs once over the full test set; every split (forward50 ... uniform ... backward50) is
-scored from those logits by index. Many/medium/few use the training class counts (the thresholds of the
-config's shot_accuracy metric, else many > 100 and few < 20). Writes
-{"splits": {name: {"n", "many", "medium", "few", "all"}}, "preference": [...] or null}, and with --out
-a reliability diagram and a per-class accuracy plot of the uniform split next to it.
+scored from those logits by index. A test set whose classes have unequal counts (52 to 55 images) is
+scored on splits drawn from the smallest count, and the images each split used are printed. Many/medium/few
+use the training class counts (the thresholds or class ranges of the config's shot_accuracy metric, else
+the dataset family's definition); the table's footnote names them. Writes
+{"splits": {name: {"n", "many", "medium", "few", "all"}}, "preference": [...] or null, "shot_groups": TEXT,
+"test_set": {"n", "per_class", "balanced", "splits": {name: {"n", "per_class"}}}}, and with --out a
+reliability diagram and a per-class accuracy plot of the uniform split next to it.
 """
 from __future__ import annotations
 
@@ -17,20 +20,24 @@ from typing import Any
 
 import torch
 
-from model.metric import CalibrationError, ShotAccuracy, split_scores
+from data_loader.test_agnostic import describe_splits, format_split_report
+from model.metric import CalibrationError, ShotAccuracy, describe_shot_groups, split_scores
 from parse_config import ConfigParser
 from train import trainer_for_checkpoint
 from utils.cli import add_inference_arguments, check_output_path, configure_inference, run_cli, write_json
 from utils.errors import ConfigError
 from utils.plots import metric_figures, save_figure
+from utils.registry import DATA_LOADERS
 
 
 def shot_settings(config: ConfigParser) -> dict[str, Any]:
-    """many/few thresholds or ranges of the config's shot_accuracy metric (defaults otherwise)."""
+    """many/few thresholds or ranges of the config's shot_accuracy metric; else the data loader's family
+    definition (``shot_groups`` of CIFAR10LT, ImageNetLT, ...); else ShotAccuracy's (> 100, < 20)."""
     for spec in config.get("metrics", []):
         if spec.get("type") == "shot_accuracy":
             return dict(spec.get("args") or {})
-    return {}
+    loader = DATA_LOADERS.get(config["data_loader"]["type"])
+    return dict(getattr(loader, "shot_groups", None) or {})
 
 
 def evaluate_all(trainer, loader, augmented_loader=None, shot_args: dict | None = None) -> dict[str, Any]:
@@ -48,14 +55,23 @@ def evaluate_all(trainer, loader, augmented_loader=None, shot_args: dict | None 
         index = torch.as_tensor(index, dtype=torch.long)
         source = logits if augmented is None or name == "uniform" else augmented
         results[name] = split_scores(source[index], targets[index], loader.cls_num_list, shot_args)
-    return {"splits": results, "logits": logits, "targets": targets}
+    # the "uniform" split's logits and labels (the figures): the whole set, or its subsample when unbalanced
+    uniform = torch.as_tensor(splits["uniform"], dtype=torch.long) if "uniform" in splits else slice(None)
+    return {"splits": results, "logits": logits, "targets": targets,
+            "uniform": {"logits": logits[uniform], "targets": targets[uniform]},
+            "test_set": describe_splits(targets.numpy(), splits, loader.num_classes),
+            "shot_groups": describe_shot_groups(loader.cls_num_list, shot_args)}
 
 
-def format_table(splits: dict[str, dict[str, Any]]) -> str:
+def format_table(splits: dict[str, dict[str, Any]], footnote: str | None = None) -> str:
+    """test_all's table: one row per split (n, many, medium, few, all); ``footnote`` (the many/medium/few
+    definition) goes under it."""
     rows = [f"{'split':<12}{'n':>7}{'many':>9}{'medium':>9}{'few':>9}{'all':>9}"]
     for name, r in splits.items():
         cells = ["-" if r[k] is None else f"{r[k]:.2f}" for k in ("many", "medium", "few", "all")]
         rows.append(f"{name:<12}{r['n']:>7}" + "".join(f"{c:>9}" for c in cells))
+    if footnote:
+        rows.append(footnote)
     return "\n".join(rows)
 
 
@@ -63,11 +79,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ConfigParser.add_arguments(parser, training=False)
     parser.add_argument("--out", help="write the results as JSON to this file (and figures next to it)")
+    parser.add_argument("--data_dir", help="evaluate on this data directory instead of the config's")
     add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if args.out:
         check_output_path(args.out)
-    config, trainer, _ = trainer_for_checkpoint(args, "test_all.py")
+    config, trainer, _ = trainer_for_checkpoint(args, "test_all.py", data_dir=args.data_dir)
     preference = configure_inference(trainer, args)
     loader = config.build_data_loader(training=False, device=trainer.device)
     if not hasattr(loader, "test_agnostic_splits") or not hasattr(trainer, "predict"):
@@ -76,14 +93,16 @@ def main(argv=None) -> None:
                           f"{config['trainer']['type']} do not")
     augmented = loader.augmented_test_loader() if getattr(loader, "augmented_split_scoring", False) else None
     result = evaluate_all(trainer, loader, augmented, shot_settings(config))
-    print(f"{config.name}: {args.resume}; many/medium/few by training counts; "
+    print(f"{config.name}: {args.resume}; "
           + ("non-uniform splits scored on augmented images (SADE protocol)" if augmented is not None
              else "deterministic test transform on every split"))
-    print(format_table(result["splits"]))
+    print(format_split_report(result["test_set"]))
+    print(format_table(result["splits"], result["shot_groups"]))
     if args.out:
-        write_json(args.out, {"splits": result["splits"], "preference": preference, "checkpoint": str(args.resume)})
+        write_json(args.out, {"splits": result["splits"], "preference": preference, "checkpoint": str(args.resume),
+                              "shot_groups": result["shot_groups"], "test_set": result["test_set"]})
         print(f"wrote {args.out}")
-        uniform = {"logits": result["logits"], "targets": result["targets"]}
+        uniform = result["uniform"]
         for tag, fig in uniform_figures(uniform, loader.cls_num_list, shot_settings(config), config.name).items():
             print(f"wrote {save_figure(fig, Path(args.out).with_name(f'{Path(args.out).stem}_{tag}.png'))}")
 

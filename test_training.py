@@ -1,22 +1,29 @@
 """Test-time training: adapt a multi-expert checkpoint to each unlabelled test distribution, then score it.
 
     python test_training.py -c configs/experts/test_time_quickstart_digits.json -r CKPT [--out results.json]
+                            [--data_dir DIR] [--set KEY=VALUE ...] [-d cpu]
 
 The test-time config names the ``TestTimeTrainer`` and its optimizer; everything else (model, data,
 metrics) comes from the checkpoint's config, its sections overridden by the file where both have them.
+``--set`` then changes the merged config (``--set trainer.args.epochs=1``, ``--set data_loader.args.batch_size=64``)
+and ``--data_dir`` points the data loader at another directory, as in test.py and test_all.py.
 For every split (forward50 ... uniform ... backward50) the expert weights (and, for hypernetwork models,
 the preference) are learned without labels by making predictions on two augmented views agree, then the
-split is scored. Prints the table of test_all.py with the learned values; --out writes
-{"splits": {name: {"n", "many", "medium", "few", "all", "before_all", "weights", "preference"}}, ...}.
+split is scored. A test set with unequal class counts is split as test_all.py does (from the smallest class)
+and the images each split used are printed. Prints the table of test_all.py with the learned values; --out
+writes {"splits": {name: {"n", "many", "medium", "few", "all", "before_all", "weights", "preference"}},
+"shot_groups": TEXT, "test_set": {...}, ...}.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 
-from parse_config import ConfigParser, checkpoint_plugins, deep_merge, load_json
+from data_loader.test_agnostic import format_split_report
+from model.metric import describe_shot_groups
+from parse_config import ConfigParser, apply_override, checkpoint_plugins, deep_merge, load_json
 from test_all import format_table, shot_settings
-from train import build_trainer
+from train import build_trainer, with_data_dir
 from utils.checkpoint import load_checkpoint
 from utils.cli import check_output_path, run_cli, write_json
 from utils.dist import is_main_process
@@ -41,13 +48,13 @@ def merged_config(test_time: dict, checkpoint_config: dict) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="test-time config (TestTimeTrainer + optimizer)")
-    parser.add_argument("-r", "--resume", required=True, help="multi-expert checkpoint to adapt")
-    parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N")
+    ConfigParser.add_arguments(parser, training=False)  # -c, -r, -d, --set, --plugin as in test.py / test_all.py
     parser.add_argument("--out", help="write the results as JSON to this file")
-    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
-                        help="allow the checkpoint's config to import MODULE (repeatable)")
+    parser.add_argument("--data_dir", help="adapt and evaluate on this data directory instead of the config's")
     args = parser.parse_args(argv)
+    if not args.config or not args.resume:
+        raise ConfigError("test_training.py needs a test-time config and a multi-expert checkpoint: -c "
+                          "configs/experts/test_time_<dataset>.json -r saved/models/<name>/<run_id>/model_best.pth")
     if args.out:
         check_output_path(args.out)
     test_time = load_json(args.config)
@@ -60,24 +67,34 @@ def main(argv=None) -> None:
     config_dict = merged_config(test_time, checkpoint["config"])
     if args.device and isinstance(config_dict["trainer"], dict) and isinstance(config_dict["trainer"]["args"], dict):
         config_dict["trainer"]["args"]["device"] = args.device
+    for assignment in args.overrides:
+        apply_override(config_dict, assignment)
+    if args.plugins:
+        config_dict["plugins"] = list(config_dict.get("plugins", [])) + [
+            p for p in args.plugins if p not in config_dict.get("plugins", [])]
     config = ConfigParser(config_dict, source=f"{args.resume} + {args.config}")
+    config = with_data_dir(config, args.data_dir, "test_training.py", required=True)
     trainer = build_trainer(config)
     trainer.load_weights(args.resume)
     if not hasattr(trainer, "adapt_all"):
         raise ConfigError(f'{args.config}: config["trainer"]["type"] must be a test-time trainer such as '
                           f"TestTimeTrainer, got {config['trainer']['type']}")
-    splits = trainer.adapt_all(shot_settings(config))
+    shot_args = shot_settings(config)
+    splits = trainer.adapt_all(shot_args)
     if not is_main_process():  # under torchrun every rank holds the same results: rank 0 reports
         return
+    shot_groups = describe_shot_groups(trainer.cls_num_list, shot_args)
     print(f"{config.name}: {args.resume}, test-time training ({trainer.protocol}, {trainer.epochs} epochs, "
           f"stop below weight {trainer.min_weight}); labels used only for scoring")
-    print(format_table(splits))
+    print(format_split_report(trainer.test_set))
+    print(format_table(splits, shot_groups))
     print(f"{'split':<12}{'before':>17}{'adapted':>10}  weights / preference")
     for name, r in splits.items():
         print(f"{name:<12}{r['before_all']:>17.2f}{r['all']:>10.2f}  {r['weights']}"
               + (f" / {r['preference']}" if r["preference"] is not None else ""))
     if args.out:
-        write_json(args.out, {"splits": splits, "checkpoint": str(args.resume), "config": args.config})
+        write_json(args.out, {"splits": splits, "checkpoint": str(args.resume), "config": args.config,
+                              "shot_groups": shot_groups, "test_set": trainer.test_set})
         print(f"wrote {args.out}")
 
 

@@ -26,27 +26,43 @@ def build_trainer(config: ConfigParser):
     return config.build("trainer", config=config)
 
 
-def trainer_for_checkpoint(args, script: str, data_dir: str | None = None):
+def trainer_for_checkpoint(args, script: str, data_dir: str | None = None, data_dir_required: bool = False):
     """For evaluation scripts: the config stored in checkpoint ``args.resume`` (with ``--set`` overrides),
     its trainer, and the checkpoint's weights loaded. Returns ``(config, trainer, checkpoint)``.
 
     ``data_dir`` replaces the config's ``data_loader.args.data_dir`` when its loader takes one (so a test
     machine need not have the training data where the config says); other loaders keep their data, and the
-    trainer's ``test(data_dir=...)`` decides what the directory means (the NMR denoiser reads it itself).
+    trainer's ``test(data_dir=...)`` decides what the directory means (the NMR denoiser reads it itself), unless
+    ``data_dir_required``: then such a loader is an error (see :func:`with_data_dir`).
     """
     if not args.resume:
         raise ConfigError(f"{script} needs a checkpoint: -r saved/models/<name>/<run_id>/model_best.pth")
     if args.config:
         raise ConfigError(f"{script} takes the config from the checkpoint; change values with --set KEY=VALUE")
     args.overrides.append("trainer.args.tensorboard=false")
-    config = ConfigParser.from_args(args)
-    loader = DATA_LOADERS.get(config["data_loader"]["type"])
-    if data_dir is not None and "data_dir" in inspect.signature(loader).parameters:
-        values = config.config
-        apply_override(values, f"data_loader.args.data_dir={json.dumps(str(data_dir))}")
-        config = ConfigParser(values, source=config.source, resume=args.resume)
+    config = with_data_dir(ConfigParser.from_args(args), data_dir, script, required=data_dir_required)
     trainer = build_trainer(config)
     return config, trainer, trainer.load_weights(args.resume)
+
+
+def with_data_dir(config: ConfigParser, data_dir: str | None, script: str, required: bool = False) -> ConfigParser:
+    """``config`` with ``data_loader.args.data_dir`` set to ``data_dir`` (``--data_dir``) when its loader takes one.
+
+    A loader without a ``data_dir`` argument keeps its data; with ``required`` (scripts that only read the data
+    through the loader: test_all.py, test_training.py) that is an error rather than a silently ignored option.
+    """
+    if data_dir is None:
+        return config
+    loader = DATA_LOADERS.get(config["data_loader"]["type"])
+    if "data_dir" not in inspect.signature(loader).parameters:
+        if required:
+            raise ConfigError(f'{script} --data_dir {data_dir}: {config.source}: config["data_loader"]["type"] '
+                              f"{config['data_loader']['type']} reads no data directory (it has no data_dir "
+                              "argument); leave --data_dir out")
+        return config
+    values = config.config
+    apply_override(values, f"data_loader.args.data_dir={json.dumps(str(data_dir))}")
+    return ConfigParser(values, source=config.source, resume=config.resume)
 
 
 def list_registered(kind: str) -> str:

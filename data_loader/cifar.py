@@ -10,7 +10,8 @@ every declared length against the file before anything is allocated (see :func:`
 Protocol (LDAM-DRW / MiSLAS / SADE, see ``reference/lnr.md`` §1.1 and ``reference/experts.md`` §2.3):
 the long-tailed training set keeps ``n_i = int(n_max * imb_factor ** (i / (C - 1)))`` images of class
 ``i``, the first after a per-class shuffle of a generator seeded with 0 (``subsample_per_class``); the
-test set is the full balanced 10,000-image CIFAR test split; training images are augmented with
+test set is the full balanced 10,000-image CIFAR test split (a test file with unequal class counts is split
+for test_all.py from its smallest class, see ``formula_splits``); training images are augmented with
 RandomCrop(32, padding=4) + horizontal flip (SADE adds RandomRotation(15)) and every image is normalised
 with the CIFAR-10 mean/std, for CIFAR-100 too.
 """
@@ -31,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data_loader.batch_augment import OPS, BatchAugment
 from data_loader.long_tail import long_tailed_counts, subsample_per_class
-from data_loader.test_agnostic import formula_splits
+from data_loader.test_agnostic import formula_splits, index_splits
 from utils import dist
 from utils.errors import DataError
 from utils.registry import DATA_LOADERS, SAMPLERS
@@ -435,14 +436,16 @@ class CIFARLT(TensorBatchLoader):
     """Shared implementation of :class:`CIFAR10LT` and :class:`CIFAR100LT` (the class docstrings there)."""
 
     layout: ClassVar[CifarLayout]
+    # the many/medium/few definition of the dataset family (shot_accuracy args); test_all.py's default
+    shot_groups: ClassVar[dict]
 
-    def __init__(self, data_dir: str = "data", imb_factor: float = 0.01, batch_size: int = 128,
+    def __init__(self, data_dir: str = "data", imb_factor: float | None = 0.01, batch_size: int = 128,
                  training: bool = True, download: bool = False,
                  validation: Literal["test", "heldout", "none"] = "test", val_per_class: int = 20,
                  augment: Sequence[str] = ("crop", "flip"), rotate_degrees: float = 15.0,
                  mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD, shuffle: bool = True,
                  drop_last: bool = False, sampler: dict | None = None, device: str | torch.device | None = None,
-                 augmented_split_scoring: bool = False, seed: int = 0):
+                 augmented_split_scoring: bool = False, seed: int = 0, split_lists: dict | None = None):
         layout = self.layout
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -456,6 +459,10 @@ class CIFARLT(TensorBatchLoader):
             raise ValueError(f"mean and std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if split_lists is not None and not all(isinstance(v, str) for v in split_lists.values()):
+            raise ValueError('split_lists maps a split name to a file of test positions, e.g. {"forward50": '
+                             f'"forward50.txt"}}, got {split_lists}')
+        self.split_lists, self._data_dir = dict(split_lists or {}), Path(data_dir)
         device = torch.device(device) if device is not None else torch.device("cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available")
@@ -481,10 +488,12 @@ class CIFARLT(TensorBatchLoader):
             empty = [int(c) for c in np.flatnonzero(pool_counts < 1)]
             raise DataError(f"{self._files(layout.train_files)[0]}: class(es) {empty[:10]} have no training images"
                             + (f" left after holding back val_per_class={val_per_class}" if len(heldout_idx) else ""))
-        n_max = int(pool_counts.min())
-        counts = long_tailed_counts(n_max, layout.num_classes, imb_factor)
-        train_idx = pool[subsample_per_class(labels[pool], counts, seed=0)]
-        self.cls_num_list, self.num_classes, self.n_max = counts, layout.num_classes, n_max
+        if imb_factor is None:  # the files hold a long-tailed training set already (a user's own data): keep it all
+            counts, train_idx = [int(n) for n in pool_counts], pool
+        else:
+            counts = long_tailed_counts(int(pool_counts.min()), layout.num_classes, imb_factor)
+            train_idx = pool[subsample_per_class(labels[pool], counts, seed=0)]
+        self.cls_num_list, self.num_classes, self.n_max = counts, layout.num_classes, max(counts)
         self._heldout = self._split(images[heldout_idx], labels[heldout_idx]) if len(heldout_idx) else None
 
         if training:
@@ -587,7 +596,11 @@ class CIFARLT(TensorBatchLoader):
         return self._test_split().targets.clone()
 
     def test_agnostic_splits(self) -> dict[str, np.ndarray]:
-        """forward50..uniform..backward50 index sets of the test split, by the CIFAR formula."""
+        """forward50..uniform..backward50 index sets of the test split: by the CIFAR formula (from the smallest
+        class of an unbalanced test file), or the positions listed in ``split_lists``."""
+        if self.split_lists:
+            return index_splits(len(self._test_split()), {name: self._data_dir / file
+                                                          for name, file in self.split_lists.items()})
         return formula_splits(self.test_targets().numpy(), self.num_classes)
 
     def view_loader(self, indices) -> TensorBatchLoader:
@@ -609,9 +622,12 @@ class CIFARLT(TensorBatchLoader):
 _ARGS_DOC = """
     Args:
         data_dir: directory holding ``{folder}/`` (torchvision's layout), or that folder itself.
-        imb_factor: n_min / n_max of the training profile, in (0, 1]; 0.01 is "imbalance ratio 100".
+        imb_factor: n_min / n_max of the training profile, in (0, 1]; 0.01 is "imbalance ratio 100". ``null``:
+            the training files are long-tailed already (your own data in CIFAR's format): every training image
+            is kept and ``cls_num_list`` is their class counts. Class-index many/medium/few ranges then assume
+            the classes are numbered from the most to the least frequent; the tables print each group's counts.
         batch_size: images per batch.
-        training: True for the long-tailed training set, False for the full balanced test set (index order,
+        training: True for the long-tailed training set, False for the full test set (index order,
             no augmentation; ``cls_num_list`` is still the training counts).
         download: fetch and extract ``{url}`` into ``data_dir`` when the files are missing (needs internet).
         validation: what ``split_validation()`` returns and so which data selects ``model_best.pth``:
@@ -635,6 +651,9 @@ _ARGS_DOC = """
             every split is scored on clean images; True: ``test_all.py`` scores non-uniform splits on
             ``augmented_test_loader()`` as SADE does.
         seed: seed of the per-epoch sample order (the long-tailed subset itself always uses seed 0).
+        split_lists: test-agnostic split name -> file in ``data_dir`` (or a path) listing that split's test images,
+            one 0-based position in the test file per line, e.g. ``{{"forward50": "forward50.txt", ...}}``; replaces
+            the formula splits (by default drawn from the smallest test class when the test file is unbalanced).
 
     Batches are ``(images float32 (B, 3, 32, 32), labels int64 (B,), index int64 (B,))``, images and
     labels on ``device``, index on the CPU. Augmentation draws from the device's default generator.
@@ -648,6 +667,9 @@ class CIFAR10LT(CIFARLT):
                + _ARGS_DOC.format(folder=CIFAR10_LAYOUT.folder, url=CIFAR10_LAYOUT.url, n_per_class=5000))
 
     layout = CIFAR10_LAYOUT
+    # MiSLAS/LNR's ranges (reference/lnr.md 1.5): at IR 100 > 1500 / < 200 training images; counts > 100 / < 20
+    # leave "few" empty on CIFAR-10-LT (50 to 5,000 images a class)
+    shot_groups = {"ranges": [[0, 3], [3, 7], [7, 10]]}
 
 
 @DATA_LOADERS.register()
@@ -657,6 +679,8 @@ class CIFAR100LT(CIFARLT):
                + _ARGS_DOC.format(folder=CIFAR100_LAYOUT.folder, url=CIFAR100_LAYOUT.url, n_per_class=500))
 
     layout = CIFAR100_LAYOUT
+    # the > 100 / < 20 groups of IR 100 (35/35/30 classes, SADE/PRL), by index so IR 10 has a "few" group too
+    shot_groups = {"ranges": [[0, 35], [35, 70], [70, 100]]}
 
 
 __all__ = ["CIFAR10LT", "CIFAR100LT", "CIFARLT", "TensorBatchLoader", "EpochPermutationSampler", "OPS",

@@ -7,7 +7,7 @@ held-out validation set; the rest form the pool from which the long-tailed train
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -84,6 +84,9 @@ class DigitsLT(BaseDataLoader):
         sampler: ``{"type": NAME, "args": {...}}`` of a registered sampler (e.g. class-aware) for the
             training set; replaces shuffling.
     """
+
+    # the many/medium/few definition of every digits config, scaled to this small set (114 -> 5 at imb 0.05)
+    shot_groups: ClassVar[dict] = {"many_threshold": 60, "few_threshold": 20}
 
     def __init__(self, batch_size: int = 64, imb_factor: float = 0.1, training: bool = True,
                  validation: Literal["heldout", "test", "none"] = "heldout", test_per_class: int = 50,

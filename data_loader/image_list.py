@@ -144,6 +144,8 @@ class ImageListLT(BaseDataLoader):
     """
 
     num_classes_default: ClassVar[int]
+    # the many/medium/few definition of the dataset family (shot_accuracy args); test_all.py's default
+    shot_groups: ClassVar[dict]
     list_names: ClassVar[dict[str, str | None]]
     validation_default: ClassVar[Literal["val", "test", "none"]]
 
@@ -310,6 +312,7 @@ class ImageNetLT(ImageListLT):
                    "ImageNet_LT_train.txt, ImageNet_LT_val.txt, ImageNet_LT_test.txt",
                    '"val" (the held-out validation list)')
     num_classes_default = 1000
+    shot_groups = {"many_threshold": 100, "few_threshold": 20}  # OLTR's definition (SADE, PRL report it)
     list_names = {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"}
     validation_default = "val"
 
@@ -321,6 +324,7 @@ class PlacesLT(ImageListLT):
                    "Places_LT_train.txt, Places_LT_val.txt, Places_LT_test.txt",
                    '"val" (the held-out validation list)')
     num_classes_default = 365
+    shot_groups = {"many_threshold": 100, "few_threshold": 20}  # OLTR's: 131 / 163 / 71 classes
     list_names = {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"}
     validation_default = "val"
 
@@ -332,5 +336,6 @@ class INaturalist2018(ImageListLT):
                    "iNaturalist18_train.txt, no validation list, iNaturalist18_val.txt as the test list",
                    '"test" (the published protocol; give val_list and validation "val" for a held-out split)')
     num_classes_default = 8142
+    shot_groups = {"many_threshold": 100, "few_threshold": 20}  # Kang et al. 2020, SADE
     list_names = {"train": "iNaturalist18_train.txt", "val": None, "test": "iNaturalist18_val.txt"}
     validation_default = "test"

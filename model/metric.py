@@ -103,6 +103,33 @@ def shot_groups(cls_num_list: Sequence[int], many_threshold: int = 100, few_thre
     return {"many": many, "medium": medium, "few": few}
 
 
+def describe_shot_groups(cls_num_list: Sequence[int], shot_args: dict | None = None) -> str:
+    """One line naming the many/medium/few definition and what it gives on ``cls_num_list``, for tables.
+
+    e.g. ``many/medium/few by training images: many > 100 (35 classes), medium 20-100 (35), few < 20 (30)``
+    or ``many/medium/few by class index: 0-2 / 3-6 / 7-9 (training images 5000-1796 / 1077-232 / 139-50)``.
+    An empty group is named as such (its column shows '-').
+    """
+    shot_args = dict(shot_args or {})
+    groups = shot_groups(cls_num_list, **shot_args)
+
+    def span(values) -> str:
+        return f"{values[0]}-{values[-1]}" if len(values) > 1 and values[0] != values[-1] else str(values[0])
+
+    if shot_args.get("ranges") is not None:
+        names = " / ".join(span(c) if c else "none" for c in groups.values())
+        images = " / ".join(span(sorted({cls_num_list[i] for i in c}, reverse=True)) if c else "-"
+                            for c in groups.values())
+        text = f"many/medium/few by class index: {names} (training images {images})"
+    else:
+        many, few = shot_args.get("many_threshold", 100), shot_args.get("few_threshold", 20)
+        sizes = {name: len(c) for name, c in groups.items()}
+        text = (f"many/medium/few by training images: many > {many} ({sizes['many']} classes), medium {few}-{many} "
+                f"({sizes['medium']}), few < {few} ({sizes['few']})")
+    empty = [name for name, c in groups.items() if not c]
+    return text + (f"; no {' / '.join(empty)} class on this training set ('-')" if empty else "")
+
+
 @METRICS.register(name="shot_accuracy")
 class ShotAccuracy(Metric):
     """Many/medium/few-shot accuracy in percent: per-class accuracy averaged within each group.

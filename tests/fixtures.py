@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_split(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images ``(N, 3072)`` and shuffled, balanced labels ``(N,)``, like a CIFAR file."""
+def make_split(num_classes: int, per_class: int | Sequence[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images ``(N, 3072)`` and shuffled labels ``(N,)``, like a CIFAR file: ``per_class`` images of
+    every class, or ``per_class[c]`` of class ``c`` (a long-tailed or unbalanced file, as a user's own data)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(num_classes), per_class)
     rng.shuffle(labels)
@@ -28,8 +30,12 @@ def dump(path: Path, content, protocol: int = 4) -> None:
         pickle.dump(content, file, protocol=protocol)
 
 
-def write_cifar(root: Path, variant: str, train_per_class: int, test_per_class: int, protocol: int = 4) -> dict:
-    """Write ``root/cifar-10-batches-py`` (5 train batches) or ``root/cifar-100-python``; return the arrays."""
+def write_cifar(root: Path, variant: str, train_per_class: int | Sequence[int], test_per_class: int | Sequence[int],
+                protocol: int = 4) -> dict:
+    """Write ``root/cifar-10-batches-py`` (5 train batches) or ``root/cifar-100-python``; return the arrays.
+
+    A per-class count is one number (balanced) or one per class (``write_cifar(root, "10", [122, ..., 1],
+    [55, 53, ...])``: a long-tailed training file and a test file with unequal class counts)."""
     classes, folder, key = (10, "cifar-10-batches-py", b"labels") if variant == "10" else \
         (100, "cifar-100-python", b"fine_labels")
     (root / folder).mkdir(parents=True, exist_ok=True)

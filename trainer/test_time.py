@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from base.base_trainer import BaseTrainer
+from data_loader.test_agnostic import describe_splits
 from model.metric import split_scores
 from utils import dist
 from utils.errors import ConfigError
@@ -136,7 +137,11 @@ class TestTimeTrainer(BaseTrainer):
         return features, targets.cpu()
 
     def adapt_all(self, shot_args: dict | None = None) -> dict[str, dict[str, Any]]:
-        """Adapt and score every test-agnostic split; returns test_all's table plus the learned values."""
+        """Adapt and score every test-agnostic split; returns test_all's table plus the learned values.
+
+        ``self.test_set`` then describes the test set and the images of each class every split used
+        (:func:`describe_splits`; with ``split_half`` a split scores about half of them).
+        """
         shot_args = shot_args or {}
         loader = self.config.build_data_loader(training=False, device=self.device)
         if not hasattr(loader, "view_loader"):
@@ -144,8 +149,10 @@ class TestTimeTrainer(BaseTrainer):
                               "augmented views test-time training needs")
         self.view_source = loader
         features, targets = self._test_features(loader)
+        splits = loader.test_agnostic_splits()
+        self.test_set = describe_splits(targets.numpy(), splits, loader.num_classes)
         results = {}
-        for name, index in loader.test_agnostic_splits().items():
+        for name, index in splits.items():
             index = np.asarray(index)
             if self.protocol == "split_half":
                 order = np.random.RandomState(0).permutation(len(index))
