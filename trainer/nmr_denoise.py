@@ -12,6 +12,7 @@ level 0 joins; the peak weight and the curvature weight move linearly to ``peak_
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,9 @@ class NMRDenoiseTrainer(BaseTrainer):
         align, rescale: the preprocessing steps of §2.1 and §2.2 (off for the ablations).
         anchor_peaks, anchor_window: local alignment refinement in windows around that many strong peaks
             (0: one global shift per level).
+        train_crop: ``[shortest, longest]`` points: each training batch is cut to a random length in that range
+            (a multiple of 16) at a random offset, so the model sees varied lengths and more ladders per second
+            for the same compute; null: whole spectra. Evaluation always uses whole spectra.
         tolerance_ppm: peak-matching tolerance in evaluation (points are used when the data has no ppm axis).
         figure_count: spectra drawn in TensorBoard each validation and in ``test.py``'s figure.
     """
@@ -66,7 +70,7 @@ class NMRDenoiseTrainer(BaseTrainer):
                  curv_final: float | None = None,
                  weighting: Literal["inverse_variance", "snr", "top_only"] = "inverse_variance", gamma: float = 1.0,
                  max_share: float = 0.9, include_input: bool = False, align: bool = True, anchor_peaks: int = 0,
-                 anchor_window: int = 64, rescale: bool = True,
+                 anchor_window: int = 64, rescale: bool = True, train_crop: list[int] | None = None,
                  tolerance_ppm: float = 0.01, figure_count: int = 3, **kwargs):
         if not snr_ratio > 1:
             raise ValueError(f"snr_ratio (T) must be > 1, got {snr_ratio}")
@@ -80,6 +84,8 @@ class NMRDenoiseTrainer(BaseTrainer):
             raise ValueError(f"curv_final (the final baseline-curvature weight) must be >= 0 or null, got {curv_final}")
         if peak_weight_final is not None and not peak_weight_final >= 1:
             raise ValueError(f"peak_weight_final (the final peak weight) must be >= 1 or null, got {peak_weight_final}")
+        if train_crop is not None and (len(train_crop) != 2 or not 64 <= train_crop[0] <= train_crop[1]):
+            raise ValueError(f"train_crop must be [shortest, longest] with 64 <= shortest <= longest, got {train_crop}")
         super().__init__(config, **kwargs)
         if phase_a_epochs > self.epochs:
             raise ValueError(f"phase_a_epochs ({phase_a_epochs}) exceeds epochs ({self.epochs})")
@@ -93,6 +99,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         self.fusion = dict(weighting=weighting, gamma=gamma, max_share=max_share, include_input=include_input,
                            align=align, anchor_peaks=anchor_peaks, anchor_window=anchor_window, rescale=rescale)
         self.tolerance_ppm, self.figure_count = tolerance_ppm, figure_count
+        self.train_crop = None if train_crop is None else (int(train_crop[0]), int(train_crop[1]))
         self._ratio_checked = False
         self._shown: list[dict[str, Any]] = []   # spectra kept from the last evaluation for figures
         self._reference_kind = "none"
@@ -135,6 +142,17 @@ class NMRDenoiseTrainer(BaseTrainer):
         with torch.no_grad():
             return prepare_ladder(spectra, **self.fusion)
 
+    @staticmethod
+    def usable(ladder: Ladder) -> Ladder:
+        """The ladders of a prepared training batch whose levels and target are finite. A ladder without any peak
+        (a crop of a sparse spectrum that misses its lines, a blank) has no mask to rescale on, and its NaN
+        scales would turn the whole batch's loss into NaN; it carries nothing to learn, so it is left out."""
+        keep = torch.isfinite(ladder.target).all(1) & torch.isfinite(ladder.levels).flatten(1).all(1)
+        if bool(keep.all()):
+            return ladder
+        return dataclasses.replace(ladder, **{f.name: getattr(ladder, f.name)[keep]
+                                              for f in dataclasses.fields(ladder)})
+
     def _check_ratio(self, ladder: Ladder) -> None:
         """Warn once when the T measured from the noise levels disagrees with the configured T."""
         self._ratio_checked = True
@@ -147,9 +165,30 @@ class NMRDenoiseTrainer(BaseTrainer):
         else:
             self.logger.info(f"Measured T ≈ {measured:.2f} per level (configured {self.snr_ratio})")
 
+    def crop(self, spectra: torch.Tensor) -> torch.Tensor:
+        """A random window ``(B, K+1, L')`` of a training batch ``(B, K+1, L)``, L' in ``train_crop`` (a multiple of
+        16, at most L), the same window for every ladder and level of the batch; the batch itself without it.
+
+        The window holds the tallest point of the first ladder's top level, so the batch keeps at least one peak
+        (a window of sparse spectra could otherwise hold none, and leave the peak mask of every ladder empty).
+        """
+        if self.train_crop is None:
+            return spectra
+        length = spectra.shape[-1]
+        low, high = min(self.train_crop[0], length) // 16, min(self.train_crop[1], length) // 16
+        size = 16 * int(torch.randint(max(low, 1), max(high, 1) + 1, ()))
+        if size >= length:
+            return spectra
+        top = int(spectra[0, -1].argmax())
+        first, last = max(0, top - size + 1), min(top, length - size)
+        start = first + int(torch.randint(0, last - first + 1, ()))
+        return spectra[..., start:start + size]
+
     def training_loss(self, spectra: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         """The loss terms of one batch of ladders ``(B, K+1, L)`` already on the device."""
-        ladder = self.prepare(spectra)
+        ladder = self.usable(self.prepare(spectra))
+        if len(ladder.levels) == 0:
+            raise DataError("no ladder of this training batch has a peak to rescale on (all flat or blank)")
         if not self._ratio_checked:
             self._check_ratio(ladder)
         batch, levels, length = ladder.levels.shape
@@ -172,7 +211,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         seen = 0
         bar = self.progress(self.data_loader, epoch)
         for batch_idx, (spectra, _, _) in enumerate(bar):
-            spectra = self.to_device(spectra)[0]
+            spectra = self.crop(self.to_device(spectra)[0])
             terms = self.training_loss(spectra, epoch)
             self.backward_step(terms["loss"], batch_idx)
             for key, value in terms.items():
