@@ -48,6 +48,10 @@ PRESETS: dict[str, dict] = {
     # 1H processed without apodisation: narrow lines, the FID truncated by the acquisition time (sinc wiggles)
     "1h_unapodised": {"hz_per_point": 2000.0 / 2048, "multiplets": (2, 12), "lb_hz": 0.0,
                       "linewidth_hz": (0.6, 3.0), "gaussian_hz": (0.0, 1.0)},
+    # 1H with lines of 1–3 points at lb 0.3 Hz and 0.5 s acquisition (slight truncation wiggles), as many real
+    # spectra processed at about 1 Hz per point are
+    "1h_narrow": {"hz_per_point": 2000.0 / 2048, "multiplets": (2, 12), "linewidth_hz": (0.4, 2.0),
+                  "gaussian_hz": (0.0, 1.5)},
     # 1H, broad lines and strong apodisation (lb 1–3 Hz correlates the noise over several points)
     "1h_broad": {"hz_per_point": 2000.0 / 2048, "multiplets": (2, 10), "lb_hz": 2.0, "linewidth_hz": (3.0, 12.0),
                  "gaussian_hz": (0.0, 4.0)},
