@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data_loader.nmr.fusion import fusion_weights, prepare_ladder
-from data_loader.nmr.preprocess import fourier_shift
+from data_loader.nmr.preprocess import estimate_shift, fourier_shift
 from data_loader.nmr.simulate import SimulationSettings, fid_from_multiplets, process, simulate_ladders
 
 PLAIN = dict(phase_deg=0.0, baseline=0.0, shift_points=0.0, scale_range=[1.0, 1.0])
@@ -123,3 +123,163 @@ def test_anchor_alignment_keeps_the_input_and_stays_close_to_global():
     assert torch.equal(local.levels[:, 0], data["spectra"][:, 0])
     rms = lambda x: (x - data["clean"]).pow(2).mean(-1).sqrt().mean().item()  # noqa: E731
     assert rms(local.target) < 1.1 * rms(plain.target)  # no damage where the drift is uniform
+
+
+# --- the options for real data (issue 14): nuclei, windows, processing, phase, baseline, drift, mixtures -------
+def dispersion(absorption: torch.Tensor) -> torch.Tensor:
+    """The dispersion partner of real spectra ``(..., L)`` made with >= 2× zero filling (Hilbert transform)."""
+    length = absorption.shape[-1]
+    h = torch.zeros(length, dtype=torch.float64)
+    h[0], h[1:length // 2], h[length // 2] = 1, 2, 1
+    return torch.fft.fft(torch.fft.ifft(absorption.double()) * h).imag
+
+
+def fwhm_points(spectrum: torch.Tensor) -> float:
+    """Full width at half maximum (points, linearly interpolated) of the tallest line of ``(L,)``."""
+    y, top = spectrum.double(), int(spectrum.argmax())
+    half = y[top] / 2
+    left = top
+    while left > 0 and y[left - 1] > half:
+        left -= 1
+    right = top
+    while right < len(y) - 1 and y[right + 1] > half:
+        right += 1
+    lo = left - 1 + (half - y[left - 1]) / (y[left] - y[left - 1])
+    hi = right + (y[right] - half) / (y[right] - y[right + 1])
+    return float(hi - lo)
+
+
+def one_line(**options) -> SimulationSettings:
+    return SimulationSettings.from_dict({**PLAIN, "multiplets": [1, 1], "max_couplings": 0, **options})
+
+
+def test_defaults_reproduce_the_simulator_before_the_options():
+    # figures of the simulator as it was before the real-data options (the quickstart's numbers depend on them)
+    data = simulate_ladders(SimulationSettings.from_dict({"length": 1024, "levels": 3}), 16, seed=5, snr=10.0)
+    assert data["spectra"].double().abs().sum().item() == pytest.approx(595381.8235798433, rel=1e-6)
+    assert data["clean"].double().sum().item() == pytest.approx(76744.04124499916, rel=1e-6)
+    assert data["spectra"][3, 2, 500].item() == pytest.approx(-3.509723424911499, rel=1e-5)
+
+
+def test_13c_singlets_are_narrow_sparse_lines_on_a_wide_window_at_32768_points():
+    settings = SimulationSettings.from_dict({"length": 32768, "levels": 3, "mixture": ["13c"], **PLAIN})
+    regime = settings.regimes[0][0]
+    assert regime.sw_hz == pytest.approx(25000.0) and regime.max_couplings == 0
+    data = simulate_ladders(settings, 6, seed=0, snr=1e4)
+    assert data["spectra"].shape == (6, 3, 32768) and torch.isfinite(data["spectra"]).all()
+    widths = [fwhm_points(c) for c in data["clean"]]
+    assert all(1.0 <= w <= 5.0 for w in widths), widths
+    # sparse: the lines (at most 10) cover a small part of the window
+    assert ((data["clean"] > 0.05 * data["clean"].amax(-1, keepdim=True)).double().mean(-1) < 0.01).all()
+    noise = (data["spectra"] - data["clean"][:, None]).double().std(-1)
+    assert (noise[:, :-1] / noise[:, 1:]).mean().item() == pytest.approx(2.0, rel=0.1)
+
+
+def test_linewidth_in_points_follows_hz_per_point_at_any_length():
+    for length in (1024, 8192):
+        s = one_line(length=length, hz_per_point=1.0, linewidth_hz=[3.0, 3.0], gaussian_hz=[0.0, 0.0], lb_hz=1.0)
+        clean = simulate_ladders(s, 2, seed=1, snr=1e4)["clean"]
+        assert fwhm_points(clean[0]) == pytest.approx(4.0, rel=0.05)   # 3 Hz line + 1 Hz apodisation
+
+
+def test_unapodised_truncated_fid_gives_sinc_wiggles_and_apodisation_removes_them():
+    kwargs = dict(length=4096, hz_per_point=1.0, linewidth_hz=[0.3, 0.3], gaussian_hz=[0.0, 0.0], zero_fill=4)
+    truncated = one_line(**kwargs, lb_hz=0.0)
+    assert truncated.acquisition_s == pytest.approx(1024 / 4096)   # FID points / sw
+    wiggly = simulate_ladders(truncated, 2, seed=2, snr=1e5)["clean"]
+    smooth = simulate_ladders(one_line(**kwargs, lb_hz=8.0), 2, seed=2, snr=1e5)["clean"]
+    assert (wiggly.amin(-1) / wiggly.amax(-1) < -0.1).all()    # negative side lobes of the truncation sinc
+    assert (smooth.amin(-1) / smooth.amax(-1) > -0.01).all()
+    # a FID that decays within the acquisition time needs no apodisation: Lorentzian without wiggles
+    decayed = simulate_ladders(one_line(**{**kwargs, "linewidth_hz": [20.0, 20.0], "zero_fill": 2}, lb_hz=0.0),
+                               2, seed=2, snr=1e5)["clean"]
+    assert (decayed.amin(-1) / decayed.amax(-1) > -0.01).all()
+
+
+def test_phase_errors_show_as_dispersion_of_the_drawn_angle():
+    s = one_line(lb_hz=1.0, phase0_deg=30.0, phase1_deg=40.0, multiplets=[1, 1])
+    data = simulate_ladders(s, 8, seed=3, snr=1e6)
+    assert data["phase0"].abs().max() <= 30.0 and data["phase1"].abs().max() <= 40.0
+    assert (data["phase0"][:, 1:] == data["phase0"][:, :1]).all()      # shared by the levels (phase_deg 0)
+    for i in range(8):
+        clean = data["clean"][i].double()
+        fit = torch.stack([clean, dispersion(clean)], 1)
+        a, b = torch.linalg.lstsq(fit, data["spectra"][i, 2].double()[:, None]).solution[:, 0]
+        where = int(clean.argmax()) / s.length - 0.5
+        expected = data["phase0"][i, 2].item() + data["phase1"][i].item() * where
+        assert math.degrees(math.atan2(b, a)) == pytest.approx(expected, abs=0.3)
+    plain = simulate_ladders(one_line(lb_hz=1.0), 2, seed=3, snr=1e6)
+    assert torch.allclose(plain["spectra"][:, 0], plain["clean"], atol=1e-5 * plain["clean"].max().item())
+
+
+def test_baseline_roll_has_its_amplitude_and_is_shared_by_the_levels():
+    data = simulate_ladders(one_line(baseline_roll=0.05, multiplets=[1, 4]), 16, seed=4, snr=1e6)
+    error = (data["spectra"] - data["clean"][:, None]).double() / data["clean"].amax(-1).double()[:, None, None]
+    assert error.abs().amax(-1).flatten().tolist() == pytest.approx([0.05] * 64, rel=0.01)
+    assert (error[:, 1:] - error[:, :1]).abs().max() < 1e-3
+    # smooth: a roll, not noise (the second difference is tiny compared with the amplitude)
+    assert error.diff(n=2, dim=-1).abs().max() < 1e-3
+
+
+def test_per_level_drift_moves_and_broadens_levels_linearly_in_k():
+    options = dict(length=4096, hz_per_point=0.5, linewidth_hz=[4.0, 4.0], gaussian_hz=[0.0, 0.0], lb_hz=0.5)
+    moved = simulate_ladders(one_line(**options, drift_hz=1.0), 6, seed=5, snr=1e6)
+    clean = moved["clean"].double()
+    assert torch.allclose(moved["spectra"][:, 0].double(), clean, atol=1e-4 * clean.max().item())  # level 0: frame
+    for ladder in moved["spectra"].double():
+        moves = estimate_shift(ladder, ladder[0])          # points
+        assert moves[1].abs() <= 1.0 / 0.5 + 0.05          # |d| <= drift_hz
+        assert torch.allclose(moves, torch.arange(4) * moves[1], atol=0.05)
+    # broadening (without a shift, so each level samples its line at the same sub-point position)
+    broadened = simulate_ladders(one_line(**options, drift_linewidth_hz=0.5), 6, seed=5, snr=1e6)
+    for ladder in broadened["spectra"].double():
+        widths = torch.tensor([fwhm_points(level) for level in ladder])
+        step = widths[1] - widths[0]
+        assert step.abs() <= 2 * 0.5 + 0.05                # |b| <= drift_linewidth_hz, 2 points per Hz
+        assert torch.allclose(widths - widths[0], torch.arange(4) * step, atol=0.15)   # interpolated FWHM
+
+
+def test_noise_is_processed_like_the_signal_apodisation_correlates_it():
+    def lag1(settings):
+        data = simulate_ladders(settings, 32, seed=6, snr=10.0)
+        noise = (data["spectra"] - data["clean"][:, None]).double()
+        a, b = noise[..., :-1].flatten(), noise[..., 1:].flatten()
+        return torch.corrcoef(torch.stack([a, b]))[0, 1].item(), data, noise
+
+    plain, data, noise = lag1(SimulationSettings.from_dict({**PLAIN, "lb_hz": 0.0, "zero_fill": 1}))
+    assert abs(plain) < 0.02                                              # unapodised, no zero fill: white
+    apodised, data, noise = lag1(SimulationSettings.from_dict({**PLAIN, "lb_hz": 5.0, "zero_fill": 2}))
+    assert apodised > 0.3
+    # sigma (the processed noise's true standard deviation) and T still hold for correlated noise
+    assert (noise.std(-1) / data["sigma"]).mean().item() == pytest.approx(1.0, rel=0.05)
+    assert (noise.std(-1)[:, :-1] / noise.std(-1)[:, 1:]).mean().item() == pytest.approx(2.0, rel=0.1)
+
+
+def test_mixture_draws_regimes_by_weight_and_keeps_sigma_and_t():
+    mixture = [{"preset": "1h", "weight": 3.0}, {"preset": "31p", "weight": 1.0, "snr": [8.0, 8.0]}]
+    settings = SimulationSettings.from_dict({"length": 256, "levels": 3, "snr_ratio": 3.0, "mixture": mixture,
+                                             **PLAIN})
+    data = simulate_ladders(settings, 1200, seed=7)
+    assert (data["regime"] == 0).double().mean().item() == pytest.approx(0.75, abs=0.05)
+    noise = (data["spectra"] - data["clean"][:, None]).double().std(-1)
+    assert (noise[:, :-1] / noise[:, 1:]).mean().item() == pytest.approx(3.0, rel=0.1)
+    snr = data["clean"].double().amax(-1) / noise[:, 0]
+    assert snr[data["regime"] == 1].mean().item() == pytest.approx(8.0, rel=0.1)
+    again = simulate_ladders(settings, 1200, seed=7)
+    assert torch.equal(data["spectra"], again["spectra"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        SimulationSettings.from_dict({"mixture": ["19f"]})
+    with pytest.raises(ValueError, match="shared by every ladder"):
+        SimulationSettings.from_dict({"mixture": [{"length": 512}]})
+    with pytest.raises(ValueError, match=r"mixture\[0\]: .*zero_fill"):
+        SimulationSettings.from_dict({"mixture": [{"zero_fill": 3}]})
+
+
+def test_large_requests_are_chunked_deterministically(monkeypatch):
+    import data_loader.nmr.simulate as simulate
+    monkeypatch.setattr(simulate, "_CHUNK_VALUES", 4 * 4 * 1024)   # 4 ladders of 4 levels of 1,024 FID points
+    settings = SimulationSettings.from_dict(PLAIN)
+    a, b = simulate_ladders(settings, 10, seed=8, snr=10.0), simulate_ladders(settings, 10, seed=8, snr=10.0)
+    assert a["spectra"].shape == (10, 4, 2048) and torch.equal(a["spectra"], b["spectra"])
+    noise = (a["spectra"] - a["clean"][:, None]).double().std(-1)
+    assert (a["clean"].double().amax(-1) / noise[:, 0]).mean().item() == pytest.approx(10.0, rel=0.05)

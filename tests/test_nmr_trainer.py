@@ -14,7 +14,7 @@ import train
 from parse_config import ConfigParser
 from tests.fixtures import run_training
 from utils.checkpoint import load_checkpoint
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 TINY_NMR = {
     "name": "tiny_nmr",
@@ -165,4 +165,25 @@ def test_directory_loader_trains_and_scores_against_pseudo_ground_truth(nmr_conf
     assert result["reference"] == "pseudo_ground_truth" and result["n"] == 6
     nmr_config["data_loader"]["args"]["levels"] = 5
     with pytest.raises(DataError, match="sample_0"):
+        build(nmr_config)
+
+
+def test_train_crop_cuts_batches_to_random_lengths_and_eval_simulation_sets_the_test_ladders(nmr_config):
+    nmr_config["trainer"]["args"]["train_crop"] = [64, 192]
+    nmr_config["data_loader"]["args"]["eval_simulation"] = {"multiplets": [1, 1], "max_couplings": 0}
+    trainer = build(nmr_config)
+    batch = next(iter(trainer.data_loader))[0]
+    lengths = {trainer.crop(batch).shape[-1] for _ in range(50)}
+    assert lengths <= {64, 80, 96, 112, 128, 144, 160, 176, 192} and len(lengths) > 3
+    cropped = trainer.crop(batch)
+    start = next(i for i in range(257 - cropped.shape[-1]) if torch.equal(batch[..., i:i + cropped.shape[-1]],
+                                                                         cropped))
+    assert start <= int(batch[0, -1].argmax()) < start + cropped.shape[-1]  # a window of the batch with a peak
+    assert trainer.training_loss(cropped, 1)["loss"].isfinite()
+    loader = trainer.config.build_data_loader(training=False, device=trainer.device)
+    assert loader.dataset.spectra.shape[-1] == 256
+    # the test ladders follow eval_simulation (one singlet each), the training ladders the simulation settings
+    assert loader.settings.multiplets == (1, 3) and loader.eval_settings.multiplets == (1, 1)
+    with pytest.raises(ConfigError, match="train_crop"):
+        nmr_config["trainer"]["args"]["train_crop"] = [32, 16]
         build(nmr_config)

@@ -21,7 +21,7 @@ import torch
 
 from base.base_trainer import BaseTrainer
 from data_loader.nmr.dataset import check_ladders
-from data_loader.nmr.fusion import Ladder, LadderError, prepare_ladder
+from data_loader.nmr.fusion import Ladder, LadderError, ladder_problems, prepare_ladder
 from data_loader.nmr.io import read_directory, read_npy, read_npz
 from model.nmr_loss import NMRDenoiseLoss
 from model.nmr_metrics import evaluate_methods, mean_metrics, spectrum_metrics
@@ -62,6 +62,9 @@ class NMRDenoiseTrainer(BaseTrainer):
         align, rescale: the preprocessing steps of §2.1 and §2.2 (off for the ablations).
         anchor_peaks, anchor_window: local alignment refinement in windows around that many strong peaks
             (0: one global shift per level).
+        train_crop: ``[shortest, longest]`` points: each training batch is cut to a random length in that range
+            (a multiple of 16) at a random offset, so the model sees varied lengths and more ladders per second
+            for the same compute; null: whole spectra. Evaluation always uses whole spectra.
         tolerance_ppm: peak-matching tolerance in evaluation (points are used when the data has no ppm axis).
         figure_count: spectra drawn in TensorBoard each validation and in ``test.py``'s figure.
     """
@@ -74,7 +77,7 @@ class NMRDenoiseTrainer(BaseTrainer):
                  curv_final: float | None = None,
                  weighting: Literal["inverse_variance", "snr", "top_only"] = "inverse_variance", gamma: float = 1.0,
                  max_share: float = 0.9, include_input: bool = False, align: bool = True, anchor_peaks: int = 0,
-                 anchor_window: int = 64, rescale: bool = True,
+                 anchor_window: int = 64, rescale: bool = True, train_crop: list[int] | None = None,
                  tolerance_ppm: float = 0.01, figure_count: int = 3, **kwargs):
         if not snr_ratio > 1:
             raise ValueError(f"snr_ratio (T) must be > 1, got {snr_ratio}")
@@ -88,6 +91,8 @@ class NMRDenoiseTrainer(BaseTrainer):
             raise ValueError(f"curv_final (the final baseline-curvature weight) must be >= 0 or null, got {curv_final}")
         if peak_weight_final is not None and not peak_weight_final >= 1:
             raise ValueError(f"peak_weight_final (the final peak weight) must be >= 1 or null, got {peak_weight_final}")
+        if train_crop is not None and (len(train_crop) != 2 or not 64 <= train_crop[0] <= train_crop[1]):
+            raise ValueError(f"train_crop must be [shortest, longest] with 64 <= shortest <= longest, got {train_crop}")
         super().__init__(config, **kwargs)
         if phase_a_epochs > self.epochs:
             raise ValueError(f"phase_a_epochs ({phase_a_epochs}) exceeds epochs ({self.epochs})")
@@ -101,6 +106,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         self.fusion = dict(weighting=weighting, gamma=gamma, max_share=max_share, include_input=include_input,
                            align=align, anchor_peaks=anchor_peaks, anchor_window=anchor_window, rescale=rescale)
         self.tolerance_ppm, self.figure_count = tolerance_ppm, figure_count
+        self.train_crop = None if train_crop is None else (int(train_crop[0]), int(train_crop[1]))
         self._ratio_checked = False
         self._shown: list[dict[str, Any]] = []   # spectra kept from the last evaluation for figures
         self._reference_kind = "none"
@@ -162,10 +168,45 @@ class NMRDenoiseTrainer(BaseTrainer):
         else:
             self.logger.info(f"Measured T ≈ {measured:.2f} per level (configured {self.snr_ratio})")
 
+    def crop(self, spectra: torch.Tensor) -> torch.Tensor:
+        """A random window ``(B, K+1, L')`` of a training batch ``(B, K+1, L)``, L' in ``train_crop`` (a multiple of
+        16, at most L), the same window for every ladder and level of the batch; the batch itself without it.
+
+        The window holds the tallest point of the first ladder's top level, so the batch keeps at least one peak
+        (a window of sparse spectra could otherwise hold none, and leave the peak mask of every ladder empty).
+        """
+        if self.train_crop is None:
+            return spectra
+        length = spectra.shape[-1]
+        low, high = min(self.train_crop[0], length) // 16, min(self.train_crop[1], length) // 16
+        size = 16 * int(torch.randint(max(low, 1), max(high, 1) + 1, ()))
+        if size >= length:
+            return spectra
+        top = int(spectra[0, -1].argmax())
+        first, last = max(0, top - size + 1), min(top, length - size)
+        start = first + int(torch.randint(0, last - first + 1, ()))
+        return spectra[..., start:start + size]
+
+    def with_peaks(self, windows: torch.Tensor, names: list[str] | None) -> tuple[torch.Tensor, list[str] | None]:
+        """The cropped ladders of a batch that still hold a peak (a window of a sparse spectrum can miss every
+        line of it: nothing to rescale on or to learn from), and their names. Whole ladders are checked when the
+        data is loaded; only crops can lose their peaks, so only they are dropped, never silently a file."""
+        problems = ladder_problems(windows, need_peaks=self.fusion["rescale"])
+        if not problems:
+            return windows, names
+        dropped = {index for index, _ in problems}
+        keep = [i for i in range(len(windows)) if i not in dropped]
+        if not keep:
+            raise DataError("no ladder of this training window has a peak (train_crop cut them all out); "
+                            "raise train_crop's minimum length")
+        return windows[keep], None if names is None else [names[i] for i in keep]
+
     def training_loss(self, spectra: torch.Tensor, epoch: int,
                       names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The loss terms of one batch of ladders ``(B, K+1, L)`` already on the device (``names``: theirs, for
-        messages)."""
+        messages); a batch cropped by ``train_crop`` keeps only the windows that hold a peak."""
+        if self.train_crop is not None:
+            spectra, names = self.with_peaks(spectra, names)
         ladder = self.prepare(spectra, names)
         if not self._ratio_checked:
             self._check_ratio(ladder)
@@ -190,7 +231,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         bar = self.progress(self.data_loader, epoch)
         names = _dataset_names(self.data_loader.dataset)
         for batch_idx, (spectra, _, index) in enumerate(bar):
-            spectra = self.to_device(spectra)[0]
+            spectra = self.crop(self.to_device(spectra)[0])
             terms = self.training_loss(spectra, epoch, [names[i] for i in index.tolist()])
             self.backward_step(terms["loss"], batch_idx)
             for key, value in terms.items():

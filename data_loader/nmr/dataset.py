@@ -103,7 +103,12 @@ class NMRSimulated(BaseDataLoader):
         batch_size: ladders per batch.
         training: True for the training ladders (SNR drawn from ``simulation.snr``), False for the held-out
             test ladders at ``test_snr``.
-        simulation: settings of :class:`SimulationSettings` (length, levels, snr_ratio, snr, linewidth_hz...).
+        simulation: settings of :class:`SimulationSettings` (length, levels, snr_ratio, snr, linewidth_hz...,
+            and the real-data options: zero_fill, hz_per_point, phase0_deg, phase1_deg, baseline_roll, drift_hz,
+            drift_linewidth_hz, mixture).
+        eval_simulation: overrides of ``simulation`` for the validation and test ladders (e.g.
+            ``{"mixture": []}`` to train on a mixture of regimes and select/score on the base regime alone);
+            null: the same settings as training.
         n_train, n_valid, n_test: ladders in each set. Validation ladders (held out, at ``test_snr``) select the
             best checkpoint; 0 disables validation.
         test_snr: level-0 max/σ of validation and test ladders (null: drawn like training).
@@ -113,9 +118,13 @@ class NMRSimulated(BaseDataLoader):
 
     def __init__(self, batch_size: int = 16, training: bool = True, simulation: dict | None = None,
                  n_train: int = 2048, n_valid: int = 128, n_test: int = 256, test_snr: float | None = 10.0,
-                 fresh_each_epoch: bool = False, seed: int = 0, num_workers: int = 0):
+                 fresh_each_epoch: bool = False, seed: int = 0, num_workers: int = 0,
+                 eval_simulation: dict | None = None):
         _check_simulation(simulation)
+        _check_simulation(eval_simulation)
         self.settings = SimulationSettings.from_dict(simulation)
+        self.eval_settings = (self.settings if eval_simulation is None else
+                              SimulationSettings.from_dict({**(simulation or {}), **eval_simulation}))
         if fresh_each_epoch and num_workers:
             raise ValueError("fresh_each_epoch needs num_workers 0: worker processes keep their own copy of the "
                              "ladders (generation is vectorised and fast on the main process)")
@@ -128,19 +137,21 @@ class NMRSimulated(BaseDataLoader):
         if training:
             dataset = self._make(n_train, seed, None, "train")
         else:
-            dataset = self._make(n_test, seed + _TEST_SEED, test_snr, "test")
+            dataset = self._make(n_test, seed + _TEST_SEED, test_snr, "test", self.eval_settings)
         super().__init__(dataset, batch_size, shuffle=training, num_workers=num_workers)
         self._training = training
 
-    def _make(self, n: int, seed: int, snr: float | None, prefix: str) -> LadderDataset:
-        data = simulate_ladders(self.settings, n, seed, snr=snr)
+    def _make(self, n: int, seed: int, snr: float | None, prefix: str,
+              settings: SimulationSettings | None = None) -> LadderDataset:
+        data = simulate_ladders(settings or self.settings, n, seed, snr=snr)
         return LadderDataset(data["spectra"], data["clean"], [f"{prefix}_{i:05d}" for i in range(n)],
                              data["ppm"].double())
 
     def split_validation(self):
         if not self._training or self.n_valid == 0:
             return None
-        return self.make_loader(self._make(self.n_valid, self.seed + _VALID_SEED, self.test_snr, "valid"))
+        return self.make_loader(self._make(self.n_valid, self.seed + _VALID_SEED, self.test_snr, "valid",
+                                           self.eval_settings))
 
     @property
     def validation_source(self) -> str:
