@@ -346,7 +346,7 @@ def ladders_for(exp: Experiment, *, length: int, levels: int, snr_ratio: float, 
         clean = -clean
     if exp.udic is not None:
         udic = {**exp.udic, 0: {**exp.udic[0], "size": size}}
-        ppm = _ppm_from_udic(udic)
+        ppm = _ppm_from_udic(udic, exp.name)
     else:
         ppm = ppm_axis(size, exp.sw_hz, exp.obs_mhz, exp.car_hz)
     unit = noise_unit_sigma(size, exp.sw_hz, lb_hz, p0, p1, rng)
@@ -450,7 +450,7 @@ def process_pair(a: Experiment, b: Experiment, *, hz_per_point: float = 1.0, lb_
     if np.sum(x1) < 0:
         p0, x1, x2 = p0 + 180.0, -x1, -x2
     if a.udic is not None:
-        ppm = _ppm_from_udic({**a.udic, 0: {**a.udic[0], "size": size}})
+        ppm = _ppm_from_udic({**a.udic, 0: {**a.udic[0], "size": size}}, a.name)
     else:
         ppm = ppm_axis(size, a.sw_hz, a.obs_mhz, a.car_hz)
     return x1, x2, ppm, {"p0": float(p0), "p1": float(p1), "size": size, "fid_points": keep}
