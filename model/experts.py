@@ -23,6 +23,10 @@ from model.resnet_cifar import BasicBlock
 from model.resnet_imagenet import _load_pretrained
 from utils.registry import MODELS, type_problem
 
+# Sizes beyond these are typos or attacks, not models: refused before a tensor is allocated (a config value of
+# 10^12 experts would otherwise ask for terabytes).
+MAX_EXPERTS = 64
+MAX_HIDDEN = 65536
 HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "aggregate_by_preference": bool}
 
 
@@ -42,8 +46,9 @@ def check_hypernet(hypernet: dict | None) -> None:
             raise ValueError(f"hypernet.{key} must be {problem}, got {type(value).__name__} {value!r}")
     if hypernet.get("mode", "classifier") not in ("classifier", "adapter"):
         raise ValueError(f'hypernet.mode must be "classifier" or "adapter", got {hypernet["mode"]!r}')
-    if hypernet.get("hidden", 1) < 1 or (hypernet.get("rank") is not None and hypernet["rank"] < 1):
-        raise ValueError(f"hypernet.hidden and hypernet.rank must be >= 1, got {hypernet}")
+    if not 1 <= hypernet.get("hidden", 1) <= MAX_HIDDEN or (
+            hypernet.get("rank") is not None and not 1 <= hypernet["rank"] <= MAX_HIDDEN):
+        raise ValueError(f"hypernet.hidden and hypernet.rank must be in [1, {MAX_HIDDEN}], got {hypernet}")
 
 
 class NormedLinear(nn.Module):
@@ -204,12 +209,12 @@ class MultiExpertResNet32(MultiExpertModel):
     def __init__(self, num_classes: int, num_experts: int = 3, reduce_dimension: bool = True, use_norm: bool = True,
                  in_channels: int = 3, width: int = 16, scale: float = 30.0, hypernet: dict | None = None):
         check_hypernet(hypernet)
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if not 1 <= num_experts <= MAX_EXPERTS:
+            raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if in_channels < 1 or width < 1:
-            raise ValueError(f"in_channels and width must be >= 1, got {in_channels}, {width}")
+        if not (1 <= in_channels <= 64 and 1 <= width <= 1024):
+            raise ValueError(f"in_channels must be in [1, 64] and width in [1, 1024], got {in_channels}, {width}")
         c2, c3 = (width * 3 // 2, width * 3) if reduce_dimension else (2 * width, 4 * width)
         experts = nn.ModuleList(_CifarExpert(width, c2, c3, 5) for _ in range(num_experts))
         super().__init__(_CifarStem(in_channels, width, 5), experts, c3, num_classes, use_norm, scale, hypernet)
@@ -245,8 +250,8 @@ class MultiExpertTorchvisionResNet(MultiExpertModel):
                  use_norm: bool, share_layer3: bool, pretrained: str | None, scale: float, hypernet: dict | None,
                  groups: int = 1, base_width: int = 64):
         check_hypernet(hypernet)
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if not 1 <= num_experts <= MAX_EXPERTS:
+            raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         net = getattr(torchvision.models, arch)(weights=None)
