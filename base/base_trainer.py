@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
 from utils import dist
-from utils.batchnorm import EpochBatchNormStats, batches_to_forget, batchnorm_layers
+from utils.batchnorm import PreciseBatchNorm, batches_to_forget, batchnorm_layers
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.errors import CheckpointError, ConfigError, NonFiniteLossError, format_path
 from utils.logging import TensorboardWriter, close_file_handlers, get_logger
@@ -62,10 +62,10 @@ class BaseTrainer(ABC):
         progress_bar: show a tqdm bar per epoch (null: only when stderr is a terminal).
         test_after_training: evaluate ``model_best.pth`` (or the last weights) on the test set at the end.
         bn_stats: BatchNorm running statistics. ``"ema"``: torch's exponential average (momentum 0.1);
-            ``"epoch"``: after every epoch, the pooled statistics of that epoch's training batches for the
-            layers that trained (``utils.batchnorm``); ``"auto"`` (default): ``"epoch"`` when an epoch has too
-            few batches for the average to forget the previous epoch (fewer than 44 at momentum 0.1: small
-            datasets), otherwise ``"ema"``.
+            ``"epoch"``: after every epoch, the statistics of that epoch's training batches recomputed with
+            the final weights, for the layers that trained (precise BN, ``utils.batchnorm``); ``"auto"``
+            (default): ``"epoch"`` when an epoch has too few batches for the average to forget the previous
+            epoch (fewer than 44 at momentum 0.1: small datasets), otherwise ``"ema"``.
     """
 
     required_sections: tuple[str, ...] = ()  # config sections a subclass cannot work without
@@ -184,7 +184,7 @@ class BaseTrainer(ABC):
                               "CUDA devices (torch has no CPU implementation); set it to false for CPU runs")
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
-    def _choose_bn_stats(self, mode: str, compiled: bool) -> EpochBatchNormStats | None:
+    def _choose_bn_stats(self, mode: str, compiled: bool) -> PreciseBatchNorm | None:
         """The per-epoch BatchNorm statistics collector, or None for torch's running average (see ``bn_stats``)."""
         layers = batchnorm_layers(self.raw_model)
         if mode == "ema" or not layers or self.data_loader is None:
@@ -197,10 +197,11 @@ class BaseTrainer(ABC):
         if mode == "auto" and (batches >= needed or compiled):
             return None
         self._startup_notes.append(
-            f"BatchNorm statistics: pooled over each epoch's {batches} training batches (bn_stats {mode!r}; an "
+            f"BatchNorm statistics: recomputed after each epoch from its {batches} training batches with the final "
+            f"weights (precise BN; bn_stats {mode!r}; an "
             f"exponential average of momentum {layers[0].momentum} needs {needed} batches to forget the previous "
             'epoch; bn_stats "ema" keeps it)')
-        return EpochBatchNormStats(self.raw_model)
+        return PreciseBatchNorm(self.raw_model, context=self.autocast)
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
         """The model the training step calls: DDP under torchrun (see ``wrap_in_ddp``), then ``torch.compile``

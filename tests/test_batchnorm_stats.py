@@ -9,7 +9,7 @@ from torch import nn
 
 import train
 from parse_config import ConfigParser
-from utils.batchnorm import EpochBatchNormStats, batches_to_forget
+from utils.batchnorm import EpochBatchNormStats, PreciseBatchNorm, batches_to_forget
 
 
 def test_running_statistics_are_the_pooled_batch_statistics():
@@ -67,23 +67,50 @@ def test_trainer_switch(tiny_config, mode, batches_per_epoch, used):
     assert (trainer.epoch_bn_stats is not None) is used
 
 
-def test_small_data_evaluation_uses_this_epochs_statistics(tiny_config):
-    """After an epoch of a few batches, the statistics the model is evaluated with are the pooled statistics of
-    that epoch's training inputs, not torch's average (which would still hold 0.9 ** B of the initial (0, 1))."""
+def test_small_data_evaluation_uses_precise_statistics_of_the_final_weights(tiny_config):
+    """After an epoch of a few batches, the model is evaluated with the statistics of that epoch's training inputs
+    passed through the FINAL weights (precise BN), not torch's average (which would still hold 0.9 ** B of the
+    initial (0, 1)) nor the statistics of the forwards made while the weights moved."""
     config = ConfigParser(copy.deepcopy(tiny_config), run_id="bn")
     trainer = train.build_trainer(config)
     assert trainer.epoch_bn_stats is not None and len(trainer.data_loader) < 44
-    bn = trainer.raw_model.backbone.bn1
-    seen = []
-    bn.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().float()) if m.training else None)
+    inputs = []
+    trainer.raw_model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()) if m.training else None)
     config.prepare_run_dirs()
     trainer.epochs = 1
     trainer.train()
     trainer.close()
+    training = inputs[:len(trainer.data_loader)]  # the epoch's batches (then the replay, then evaluation)
+    model = copy.deepcopy(trainer.raw_model).train()
+    seen = []
+    model.backbone.bn1.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().float()))
+    with torch.no_grad():
+        for x in training:
+            model(x)
     counts = torch.tensor([x.numel() // x.shape[1] for x in seen], dtype=torch.float64)
     means = torch.stack([x.mean((0, 2, 3)) for x in seen]).double()
     variances = torch.stack([x.var((0, 2, 3)) for x in seen]).double()
-    pooled_mean = (means * counts[:, None]).sum(0) / counts.sum()
-    pooled_var = (variances * counts[:, None]).sum(0) / counts.sum()
-    assert torch.allclose(bn.running_mean.double(), pooled_mean, atol=1e-5)
-    assert torch.allclose(bn.running_var.double(), pooled_var, rtol=1e-4)
+    bn = trainer.raw_model.backbone.bn1
+    assert torch.allclose(bn.running_mean.double(), (means * counts[:, None]).sum(0) / counts.sum(), atol=1e-5)
+    assert torch.allclose(bn.running_var.double(), (variances * counts[:, None]).sum(0) / counts.sum(), rtol=1e-4)
+
+
+def test_precise_batchnorm_replays_only_outermost_training_calls():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model = nn.Sequential(backbone, nn.Flatten())
+    precise = PreciseBatchNorm(model)
+    precise.start()
+    model.train()
+    batches = [torch.randn(4, 3, 5, 5), torch.randn(3, 3, 5, 5) + 1]
+    for x in batches:
+        model(x)  # outermost: model (not backbone, not the BatchNorm layer)
+    backbone(batches[0])  # a trainer calling the backbone on its own is recorded too
+    with torch.no_grad():
+        backbone[0].weight.mul_(2)  # "the last optimizer step"
+    assert precise.finish() == 1
+    with torch.no_grad():
+        outs = [backbone[0](x) for x in [*batches, batches[0]]]
+    n = [o.numel() // 4 for o in outs]
+    mean = sum(o.mean((0, 2, 3)) * k for o, k in zip(outs, n)) / sum(n)
+    assert torch.allclose(backbone[1].running_mean, mean, atol=1e-5)

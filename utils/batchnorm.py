@@ -8,18 +8,24 @@ of weights several epochs (and, early on, several large-lr warm-up steps) old, o
 a deep network normalised with them is far off scale. That is why MiSLAS stage 1 at lr 0.1 "diverged" on
 small data (validation loss 1,311 at epoch 4) while its training loss, computed with batch statistics, fell.
 
-:class:`EpochBatchNormStats` replaces the exponential average, for one epoch, by the pooled statistics of that
-epoch's own training batches (the "precise BN" estimate of Wu & Johnson 2021, taken on the fly): the mean of
-the per-batch means and of the per-batch unbiased variances of every BatchNorm input, weighted by batch
-size, exactly as the training forwards saw them (mixed images in mixup training, class-balanced batches in
-MiSLAS stage 2). Only layers that ran in training mode are touched (a frozen, eval-mode backbone keeps its
-statistics). ``BaseTrainer(bn_stats="auto")`` uses it for epochs of fewer batches than the average needs to
-forget the previous epoch to 1% (``(1 - m)^B > 0.01``: B < 44 at m = 0.1), so the papers' runs on the full
-datasets are unchanged.
+:class:`PreciseBatchNorm` replaces the exponential average, after such an epoch, by "precise BN" statistics
+(Wu & Johnson 2021) of the FINAL weights: the epoch's training forward calls (their inputs as the trainer made
+them: mixed images in mixup training, class-balanced batches in MiSLAS stage 2, the batch's preference for
+hypernetwork experts) are recorded and, after the last optimizer step, replayed without gradients; every
+BatchNorm layer that ran in training mode then holds the mean of the per-batch means and of the per-batch
+unbiased variances of its inputs, weighted by batch size (:class:`EpochBatchNormStats`). Layers in eval mode
+(a frozen backbone) keep their statistics. Pooling the statistics of the training forwards themselves, without
+the replay, is not enough: at lr 0.1 the last steps of a 3-batch epoch move the weights so far that the
+validation loss still rose 13-27x in the first epochs. ``BaseTrainer(bn_stats="auto")`` uses it for epochs of
+fewer batches than the average needs to forget the previous epoch to 1% (``(1 - m)^B > 0.01``: B < 44 at
+m = 0.1), so the papers' runs on the full datasets are unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import deque
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -94,4 +100,102 @@ class EpochBatchNormStats:
                 layer.running_var.copy_((entry[1] / entry[2]).to(layer.running_var.dtype))
                 written += 1
         self._sums = {}
+        return written
+
+
+def _tensors_nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_tensors_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_tensors_nbytes(v) for v in value.values())
+    return 0
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+class PreciseBatchNorm:
+    """Record an epoch's training forward calls; afterwards recompute BatchNorm statistics with the final weights.
+
+    ``start()`` before the epoch; ``finish()`` after the last optimizer step replays the recorded calls (the
+    most recent ones within ``max_bytes`` of inputs) under ``no_grad`` and ``context()`` (the trainer's
+    autocast), and writes the pooled statistics of the replay into every BatchNorm layer that ran in training
+    mode. The calls recorded are the outermost calls of modules that contain a BatchNorm layer in training mode
+    (the whole model, or a backbone a trainer calls on its own), with their arguments as given.
+    ``num_batches_tracked`` is left as training made it.
+    """
+
+    def __init__(self, model: nn.Module, max_bytes: int = 256 * 2 ** 20,
+                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.model, self.max_bytes, self.context = model, max_bytes, context
+        self.layers = batchnorm_layers(model)
+        self._candidates = [(m, [b for b in batchnorm_layers(m)]) for m in model.modules()]
+        self._candidates = [(m, bns) for m, bns in self._candidates if bns]
+        self._handles: list = []
+        self._calls: deque = deque()
+        self._bytes = 0
+        self._active: nn.Module | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def start(self) -> None:
+        self._remove_hooks()
+        self._calls.clear()
+        self._bytes, self._active = 0, None
+        for module, bns in self._candidates:
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(bns), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post_hook))
+
+    def _pre_hook(self, bns):
+        def hook(module, args, kwargs):
+            if self._active is not None or not any(b.training for b in bns):
+                return None
+            self._active = module
+            call = (module, _detached(args), _detached(kwargs))
+            self._calls.append(call)
+            self._bytes += _tensors_nbytes(call[1]) + _tensors_nbytes(call[2])
+            while self._bytes > self.max_bytes and len(self._calls) > 1:
+                old = self._calls.popleft()
+                self._bytes -= _tensors_nbytes(old[1]) + _tensors_nbytes(old[2])
+            return None
+        return hook
+
+    def _post_hook(self, module, args, output):
+        if module is self._active:
+            self._active = None
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def finish(self, write: bool = True) -> int:
+        """Replay the recorded calls and write the statistics (unless ``write`` is false); returns the number
+        of layers written."""
+        self._remove_hooks()
+        calls, self._calls, self._bytes, self._active = list(self._calls), deque(), 0, None
+        if not write or not calls:
+            return 0
+        tracked = [layer.num_batches_tracked.clone() for layer in self.layers]
+        collector = EpochBatchNormStats(self.model)
+        collector.start()
+        try:
+            with self.context():
+                for module, args, kwargs in calls:
+                    module(*args, **kwargs)
+        finally:
+            written = collector.finish()
+            for layer, count in zip(self.layers, tracked):
+                layer.num_batches_tracked.copy_(count)
         return written
