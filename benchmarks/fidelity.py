@@ -64,6 +64,7 @@ SETS = {  # name -> generator arguments
 RANGES = {10: [[0, 3], [3, 7], [7, 10]], 100: [[0, 36], [36, 71], [71, 100]]}
 SWEEP = [(1, 0, 0), (0.5, 0.5, 0), (0, 1, 0), (0, 0.5, 0.5), (0, 0, 1)]
 PAPER_EPOCHS = 200
+METHODS = ("softmax", "stage1", "mislas", "lnr", "sade", "prl")
 
 
 def config_paths(num_classes: int) -> dict[str, Path]:
@@ -108,6 +109,12 @@ class Runner:
 
     def _quiet(self):
         return contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
+
+    def finished(self, method: str) -> Path | None:
+        """``model_best.pth`` of a finished run of ``method`` on this set and seed, else None."""
+        config = json.loads(self.paths[method].read_text())
+        model_dir = self.work / "saved" / "models" / config["name"] / self.run_id
+        return model_dir / "model_best.pth" if (model_dir / "done").exists() else None
 
     def train(self, method: str, init_from: Path | None = None) -> Path:
         import train
@@ -201,11 +208,16 @@ def run_set(name: str, args, results: dict) -> dict:
             return None
 
     ckpt = {}
-    for method in ("softmax", "stage1", "sade", "prl"):
-        ckpt[method] = attempt(f"train {method}", lambda m=method: runner.train(m))
-    for method in ("mislas", "lnr"):
-        if ckpt["stage1"] is not None:
-            ckpt[method] = attempt(f"train {method}", lambda m=method: runner.train(m, init_from=ckpt["stage1"]))
+    for method in ("softmax", "stage1", "sade", "prl", "mislas", "lnr"):
+        if method not in args.methods:  # trained by another invocation (or not at all): use it if it finished
+            ckpt[method] = runner.finished(method)
+        elif method in ("mislas", "lnr"):
+            if ckpt["stage1"] is not None:
+                ckpt[method] = attempt(f"train {method}", lambda m=method: runner.train(m, init_from=ckpt["stage1"]))
+        else:
+            ckpt[method] = attempt(f"train {method}", lambda m=method: runner.train(m))
+    if args.train_only:
+        return r
     for method, path in ckpt.items():
         if path is not None:
             score = attempt(f"score {method}", lambda p=path: runner.score(p))
@@ -324,7 +336,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", help="write every figure as JSON")
     parser.add_argument("--verbose", action="store_true", help="show the training logs")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="methods to train (the others are used where an earlier invocation with the same "
+                             "--work finished them): several invocations can train in parallel, then one scores")
+    parser.add_argument("--train-only", action="store_true", help="train, do not score (see --methods)")
     args = parser.parse_args(argv)
+    args.methods = args.methods.split(",")
+    if set(args.methods) - set(METHODS):
+        parser.error(f"unknown method(s) {sorted(set(args.methods) - set(METHODS))}; choose from {METHODS}")
     if args.threads:
         import torch
 
@@ -343,6 +362,8 @@ def main(argv=None) -> dict:
         print(f"== {name} ==", flush=True)
         run_set(name, args, results)
     elapsed = time.perf_counter() - started
+    if args.train_only:
+        return results
     print(f"\n## Fidelity ({'quick' if args.quick else 'full'} mode, {elapsed:.0f} s)\n")
     for r in results.values():
         print(report(r) + "\n")
