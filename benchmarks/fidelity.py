@@ -225,7 +225,7 @@ def run_set(name: str, args, results: dict) -> dict:
                 r["scores"][method] = score
     r["stage1_val_loss"] = _val_losses(runner.train_log("stage1"))
     lnr_log = runner.train_log("lnr")
-    r["lnr_log"] = [line.split(" - ")[-1] if " - " in line else line for line in lnr_log.splitlines()
+    r["lnr_log"] = [re.sub(r"^.*? INFO ", "", line) for line in lnr_log.splitlines()
                     if "LNR z-scores" in line or "LNR flips" in line]
     if ckpt.get("prl") is not None:
         sweep = {}
