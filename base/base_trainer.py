@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
 from utils import dist
+from utils.batchnorm import PreciseBatchNorm, batches_to_forget, batchnorm_layers
 from utils.checkpoint import RESUME_ENTRIES, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.errors import CheckpointError, ConfigError, NonFiniteLossError, format_path
 from utils.logging import TensorboardWriter, close_file_handlers, get_logger
@@ -62,6 +63,11 @@ class BaseTrainer(ABC):
         log_step: batches between progress-bar/loss updates (each costs one host-device sync).
         progress_bar: show a tqdm bar per epoch (null: only when stderr is a terminal).
         test_after_training: evaluate ``model_best.pth`` (or the last weights) on the test set at the end.
+        bn_stats: BatchNorm running statistics. ``"ema"``: torch's exponential average (momentum 0.1);
+            ``"epoch"``: after every epoch, the statistics of that epoch's training batches recomputed with
+            the final weights, for the layers that trained (precise BN, ``utils.batchnorm``); ``"auto"``
+            (default): ``"epoch"`` when an epoch has too few batches for the average to forget the previous
+            epoch (fewer than 44 at momentum 0.1: small datasets), otherwise ``"ema"``.
     """
 
     required_sections: tuple[str, ...] = ()  # config sections a subclass cannot work without
@@ -75,7 +81,8 @@ class BaseTrainer(ABC):
                  amp: Literal["auto", "bf16", "fp16", "off"] = "auto", compile: bool = False,
                  sync_batchnorm: bool = False, channels_last: bool = True,
                  deterministic: bool = False, grad_clip: float | None = None, log_step: int = 10,
-                 progress_bar: bool | None = None, test_after_training: bool = True):
+                 progress_bar: bool | None = None, test_after_training: bool = True,
+                 bn_stats: Literal["auto", "ema", "epoch"] = "auto"):
         missing = [section for section in self.required_sections if section not in config]
         if missing:  # before anything is built
             raise ConfigError(f"{config.source}: {format_path((missing[0],))}: missing; {type(self).__name__} needs "
@@ -87,6 +94,8 @@ class BaseTrainer(ABC):
             raise ValueError("save_period and early_stop must be >= 0 and log_step >= 1")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
+        if bn_stats not in ("auto", "ema", "epoch"):
+            raise ValueError(f'bn_stats must be "auto", "ema" or "epoch", got {bn_stats!r}')
         self.config = config
         self.epochs, self.save_period, self.early_stop = epochs, save_period, early_stop
         self.log_step, self.grad_clip, self.test_after_training = log_step, grad_clip, test_after_training
@@ -125,6 +134,7 @@ class BaseTrainer(ABC):
         self.optimizer = self.build_optimizer()
         self.lr_scheduler = self.build_scheduler()
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.epoch_bn_stats = self._choose_bn_stats(bn_stats, compile)
         self._bad_batch = torch.full((), -1, dtype=torch.long, device=self.device)
         self._check_monitor()
 
@@ -265,6 +275,25 @@ class BaseTrainer(ABC):
             raise ConfigError(f'{self.config.source}: config["trainer"]["args"]["sync_batchnorm"]: SyncBatchNorm needs '
                               "CUDA devices (torch has no CPU implementation); set it to false for CPU runs")
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+    def _choose_bn_stats(self, mode: str, compiled: bool) -> PreciseBatchNorm | None:
+        """The per-epoch BatchNorm statistics collector, or None for torch's running average (see ``bn_stats``)."""
+        layers = batchnorm_layers(self.raw_model)
+        if mode == "ema" or not layers or self.data_loader is None:
+            return None
+        try:
+            batches = len(self.data_loader)
+        except TypeError:  # a loader without a length: keep torch's average
+            return None
+        needed = max(batches_to_forget(layer.momentum) for layer in layers)
+        if mode == "auto" and (batches >= needed or compiled):
+            return None
+        self._startup_notes.append(
+            f"BatchNorm statistics: recomputed after each epoch from its {batches} training batches with the final "
+            f"weights (precise BN; bn_stats {mode!r}; an "
+            f"exponential average of momentum {layers[0].momentum} needs {needed} batches to forget the previous "
+            'epoch; bn_stats "ema" keeps it)')
+        return PreciseBatchNorm(self.raw_model, context=self.autocast)
 
     def _wrap_model(self, module: nn.Module, compile_model: bool) -> nn.Module:
         """The model the training step calls: DDP under torchrun (see ``wrap_in_ddp``), then ``torch.compile``
@@ -439,8 +468,14 @@ class BaseTrainer(ABC):
                 self._bad_batch.fill_(-1)
                 self.raw_model.train()
                 trained_with = self._learning_rates()  # the scheduler steps after the epoch: log what it trained with
-                log = {"epoch": epoch, **self._train_epoch(epoch)}
-                self.check_finite(epoch)
+                if self.epoch_bn_stats is not None:
+                    self.epoch_bn_stats.start()
+                try:
+                    log = {"epoch": epoch, **self._train_epoch(epoch)}
+                    self.check_finite(epoch)
+                finally:
+                    if self.epoch_bn_stats is not None:  # before the ranks agree on rank 0's buffers
+                        self.epoch_bn_stats.finish(write=sys.exc_info()[0] is None)
                 # DDP syncs buffers (BatchNorm statistics) only before training forwards: make the ranks agree
                 # before validation and saving (the checkpoint holds rank 0's)
                 dist.broadcast_buffers(self.raw_model)

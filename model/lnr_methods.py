@@ -106,31 +106,65 @@ def remix_label_weight(lam: float, y_a: torch.Tensor, y_b: torch.Tensor, cls_num
     return share
 
 
+def flip_zscores(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LNR's z-score of every sample's probability of every class, ``(N, C)`` float64, and the number of
+    samples each class's statistics come from, ``(C,)``.
+
+    For class k, μ_k and σ_k are the mean and (population, as ``np.std``) standard deviation of ``p_k`` over the
+    samples whose label is not k; ``z = (p_k - μ_k) / σ_k``.
+    """
+    probs = probs.double()
+    num_classes = probs.shape[1]
+    others = (~F.one_hot(labels, num_classes).bool()).double()
+    count = others.sum(0)
+    mean = (probs * others).sum(0) / count.clamp_min(1)
+    std = ((((probs - mean) ** 2) * others).sum(0) / count.clamp_min(1)).sqrt()
+    return (probs - mean) / std.clamp_min(1e-12), count
+
+
+def flip_priors(labels: torch.Tensor, cls_num_list: Sequence[int]) -> torch.Tensor:
+    """LNR's prior weight of moving each sample to each class, ``(N, C)`` float64: with rarity
+    ``r_c = 1 - (n_c - n_min) / (n_max - n_min)``, ``max(r_k - r_c, 0)`` (positive only for strictly rarer k)."""
+    counts = torch.as_tensor(cls_num_list, dtype=torch.float64)
+    span = (counts.max() - counts.min()).clamp_min(1e-12)
+    rarity = 1 - (counts - counts.min()) / span
+    return (rarity[None, :] - rarity[labels][:, None]).clamp_min(0)
+
+
 def flip_rates(probs: torch.Tensor, labels: torch.Tensor, cls_num_list: Sequence[int],
                threshold: float) -> torch.Tensor:
     """LNR flip rate of every sample towards every class, shape ``(N, C)``.
 
     ``probs`` (N, C) are softmax probabilities averaged over augmented passes; ``labels`` (N,) the labels.
-    For class k, μ_k and σ_k are the mean and standard deviation of ``p_k`` over samples whose label is
-    not k; ``z = (p_k - μ_k) / σ_k``. With rarity ``r_c = 1 - (n_c - n_min) / (n_max - n_min)`` the rate of
-    moving a sample of class c to k is ``tanh(z - threshold) * max(r_k - r_c, 0)``, clipped below at 0: only
-    strictly rarer classes, only when z exceeds the threshold.
+    With the z-scores of :func:`flip_zscores` and the priors of :func:`flip_priors`, the rate of moving a
+    sample of class c to k is ``tanh(z - threshold) * max(r_k - r_c, 0)``, clipped below at 0: only strictly
+    rarer classes, only when z exceeds the threshold.
     """
-    probs = probs.double()
-    n, num_classes = probs.shape
-    member = F.one_hot(labels, num_classes).bool()
-    others = (~member).double()
-    count = others.sum(0)
-    mean = (probs * others).sum(0) / count.clamp_min(1)
-    std = ((((probs - mean) ** 2) * others).sum(0) / count.clamp_min(1)).sqrt()  # population std, as np.std
-    z = (probs - mean) / std.clamp_min(1e-12)
-    counts = torch.as_tensor(cls_num_list, dtype=torch.float64)
-    span = (counts.max() - counts.min()).clamp_min(1e-12)
-    rarity = 1 - (counts - counts.min()) / span
-    prior = (rarity[None, :] - rarity[labels][:, None]).clamp_min(0)
-    rates = torch.tanh(z - threshold) * prior
+    z, count = flip_zscores(probs, labels)
+    rates = torch.tanh(z - threshold) * flip_priors(labels, cls_num_list)
     rates[:, count < 2] = 0  # fewer than two non-members: no statistics, no flips (as the LNR code)
     return rates.clamp_min(0).float()
+
+
+def zscore_summary(probs: torch.Tensor, labels: torch.Tensor, cls_num_list: Sequence[int],
+                   threshold: float) -> dict:
+    """What decides LNR's flips, for the log: the z-scores of the (sample, strictly rarer class) pairs that
+    may flip (prior > 0), their quantiles, how many exceed ``threshold``, the expected number of flips
+    (sum over samples of P(at least one class fires)) and the largest z towards each class."""
+    z, count = flip_zscores(probs, labels)
+    prior = flip_priors(labels, cls_num_list)
+    eligible = (prior > 0) & (count >= 2)[None, :]
+    values = z[eligible]
+    rates = (torch.tanh(z - threshold) * prior).clamp_min(0) * eligible
+    expected = float((1 - torch.prod(1 - rates.clamp_max(1), dim=1)).sum())
+    ordered = values.float().sort().values  # torch.quantile refuses more than 16M values (ImageNet-LT has 1e8)
+    quantiles = {f"q{int(q * 100)}": float(ordered[round(q * (len(ordered) - 1))]) if len(ordered) else math.nan
+                 for q in (0.5, 0.9, 0.99, 1.0)}
+    masked = torch.where(eligible, z, torch.full_like(z, -math.inf))
+    best = masked.max(dim=0).values
+    return {"pairs": int(values.numel()), "above": int((values > threshold).sum()), "expected_flips": expected,
+            "samples_above": int(((masked > threshold).any(dim=1)).sum()), **quantiles,
+            "max_z_to_class": {k: float(v) for k, v in enumerate(best.tolist()) if math.isfinite(v)}}
 
 
 def draw_flips(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -6,7 +6,16 @@ import math
 import pytest
 import torch
 
-from model.lnr_methods import LabelAwareSmoothing, draw_flips, flip_rates, las_epsilons, remix_label_weight
+from model.lnr_methods import (
+    LabelAwareSmoothing,
+    draw_flips,
+    flip_priors,
+    flip_rates,
+    flip_zscores,
+    las_epsilons,
+    remix_label_weight,
+    zscore_summary,
+)
 
 
 def test_las_epsilons_cifar100_ir100_concave():
@@ -102,3 +111,19 @@ def test_a_higher_rate_that_does_not_fire_does_not_win():
             assert draw_flips(rates, generator.manual_seed(seed)).tolist() == [1]
             return
     pytest.fail("no seed among 5000 produced the constructed draw")
+
+
+def test_zscore_summary_counts_what_passes_the_threshold():
+    probs, labels = probability_table()
+    counts = [3, 2, 1]
+    summary = zscore_summary(probs, labels, counts, threshold=1.0)
+    z, _ = flip_zscores(probs, labels)
+    eligible = flip_priors(labels, counts) > 0
+    assert summary["pairs"] == int(eligible.sum())
+    assert summary["above"] == int((z[eligible] > 1.0).sum())
+    assert summary["q100"] == pytest.approx(float(z[eligible].max()), rel=1e-5)
+    # a pair above the threshold has a positive flip rate, and the expected count matches the rates
+    rates = flip_rates(probs, labels, counts, threshold=1.0).double()
+    assert int((rates > 0).sum()) == summary["above"]
+    assert summary["expected_flips"] == pytest.approx(float((1 - torch.prod(1 - rates, dim=1)).sum()), rel=1e-5)
+    assert flip_zscores(probs, labels)[1].tolist() == [3, 4, 5]  # non-members of each class

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import torch
 
-from model.lnr_methods import draw_flips, flip_rates
+from model.lnr_methods import draw_flips, flip_rates, zscore_summary
 from trainer.classifier import ClassifierTrainer
 from utils import dist
 from utils.errors import ConfigError
@@ -121,7 +121,19 @@ class LNRTrainer(ClassifierTrainer):
         rates = flip_rates(probs, labels, self.cls_num_list, self.flip_threshold)
         generator = torch.Generator().manual_seed(self.flip_seed)
         self.flipped = draw_flips(rates, generator)
+        self._log_zscores(probs, labels)
         self._log_flips(labels)
+
+    def _log_zscores(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Why the rule did or did not flip: the z-scores of the pairs that may flip and how many pass."""
+        s = zscore_summary(probs, labels, self.cls_num_list, self.flip_threshold)
+        self.zscore_stats = s
+        top = sorted(s["max_z_to_class"].items(), key=lambda kv: -kv[1])[:10]
+        self.logger.info(
+            f"LNR z-scores of the {s['pairs']:,} (sample, rarer class) pairs that may flip: median {s['q50']:.2f}, "
+            f"90% {s['q90']:.2f}, 99% {s['q99']:.2f}, max {s['q100']:.2f}; {s['above']} above the threshold "
+            f"{self.flip_threshold} ({s['samples_above']} samples), {s['expected_flips']:.1f} flips expected; "
+            "largest z towards each target class: " + ", ".join(f"{k}: {v:.1f}" for k, v in top))
 
     def _log_flips(self, labels: torch.Tensor) -> None:
         changed = self.flipped >= 0
