@@ -49,29 +49,36 @@ class TestTimeTrainer(BaseTrainer):
 
     # --- what is learned --------------------------------------------------------------------------
     def parameter_groups(self):
-        experts = self.raw_model.num_experts
+        experts, model = self.raw_model.num_experts, self.raw_model
         self.weight_logits = nn.Parameter(torch.zeros(experts, device=self.device))
         self.preference_logits = nn.Parameter(torch.zeros(experts, device=self.device))
+        learns_preference = self.learn_preference and model.hypernet is not None
+        # a hypernetwork model that weights its experts by its preference (aggregate_by_preference, inference's
+        # rule) learns the preference alone: it conditions the heads and weights the experts, as in inference
+        self.tied = learns_preference and model.aggregate_by_preference and not bool(model.weights_set)
         params = []
-        if self.learn_weights:
+        if self.learn_weights and not self.tied:
             params.append(self.weight_logits)
-        if self.learn_preference and self.raw_model.hypernet is not None:
+        if learns_preference:
             params.append(self.preference_logits)
         if not params:
             raise ConfigError("TestTimeTrainer: nothing to learn (learn_weights false and no hypernetwork preference)")
         return params
 
     def _reset(self) -> None:
-        """Equal weights, the model's own preference, a fresh optimizer."""
+        """The model's own inference combination (its weights and preference: step 0 is the model before
+        adaptation), a fresh optimizer."""
         with torch.no_grad():
-            self.weight_logits.zero_()
             default = self.raw_model.current_preference()
+            self.weight_logits.copy_(self.raw_model.inference_weights(default).to(self.device).clamp_min(1e-6).log())
             if default is not None:
                 self.preference_logits.copy_(default.to(self.device).clamp_min(1e-6).log())
         self.optimizer = self.config.build("optimizer", params=[p for g in self.optimizer.param_groups
                                                                  for p in g["params"]])
 
     def weights(self) -> torch.Tensor:
+        if self.tied:
+            return self.preference()
         return torch.softmax(self.weight_logits, dim=0)
 
     def preference(self) -> torch.Tensor | None:
@@ -104,9 +111,10 @@ class TestTimeTrainer(BaseTrainer):
         return {"stability": -float(dist.mean_over_ranks(total, batches))}
 
     def _collapsed(self) -> bool:
-        low = bool(self.weights().min() < self.min_weight)
-        preference = self.preference()
-        return low or (self.learn_preference and preference is not None and bool(preference.min() < self.min_weight))
+        """SADE's stop: a learned weight (or the learned preference) fell below ``min_weight``."""
+        learned = [p for p in (self.weights() if self.learn_weights or self.tied else None,
+                               self.preference() if self.learn_preference else None) if p is not None]
+        return any(bool(p.min() < self.min_weight) for p in learned)
 
     def _views(self):
         return self.view_source.view_loader(self._adapt_index)
