@@ -15,6 +15,31 @@ from utils.errors import ConfigError
 from utils.registry import TRAINERS
 
 
+STABILITIES = ("discriminative", "sade")
+
+
+def prediction_stability(p1: torch.Tensor, p2: torch.Tensor, kind: str = "discriminative") -> torch.Tensor:
+    """How well the predictions ``(N, C)`` on two views of the same N images agree.
+
+    ``"sade"``: the mean cosine similarity of each image's two predictions (SADE). Any prediction that does not
+    depend on the image maximises it (cosine 1), so it rewards the expert whose prior bias dominates its input
+    evidence: the backward expert of a small long-tailed set, whose predictions crowd onto a few tail classes
+    whatever the view. ``"discriminative"``: the same agreement minus the mean agreement between the views of
+    *different* images of the batch, the part of the stability an input-independent prediction also has; a
+    constant prediction scores 0, and a model that matches the split's class marginal is not penalised for it
+    (a correct classifier's cross-image agreement is the split's label collision rate, whatever the model).
+    """
+    a, b = F.normalize(p1, dim=1), F.normalize(p2, dim=1)
+    same = (a * b).sum(1).mean()
+    if kind == "sade":
+        return same
+    n = len(a)
+    if n < 2:
+        return same * 0  # no other image to compare with: no signal, no step
+    cross = (a.sum(0) @ b.sum(0) - (a * b).sum()) / (n * (n - 1))  # mean over pairs i != j, without the N x N matrix
+    return same - cross
+
+
 @TRAINERS.register()
 class TestTimeTrainer(BaseTrainer):
     """Adapts how a trained multi-expert model combines its experts to an unlabelled test set.
@@ -36,9 +61,13 @@ class TestTimeTrainer(BaseTrainer):
 
     def __init__(self, config, epochs: int = 5, min_weight: float = 0.05,
                  protocol: Literal["transductive", "split_half"] = "transductive", learn_weights: bool = True,
-                 learn_preference: bool = True, **kwargs):
+                 learn_preference: bool = True, stability: Literal["discriminative", "sade"] = "discriminative",
+                 **kwargs):
         if not 0 <= min_weight < 1:
             raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
+        if stability not in STABILITIES:
+            raise ValueError(f"stability must be one of {', '.join(STABILITIES)}, got {stability!r}")
+        self.stability = stability
         self.min_weight, self.protocol = min_weight, protocol
         self.learn_weights, self.learn_preference = learn_weights, learn_preference
         super().__init__(config, epochs=epochs, **kwargs)
@@ -102,7 +131,7 @@ class TestTimeTrainer(BaseTrainer):
             with torch.no_grad(), self.autocast():
                 f1, f2 = self.raw_model.expert_features(view1).float(), self.raw_model.expert_features(view2).float()
             p1, p2 = torch.softmax(self.combined(f1), dim=1), torch.softmax(self.combined(f2), dim=1)
-            loss = -F.cosine_similarity(p1, p2, dim=1).mean()
+            loss = -prediction_stability(p1, p2, self.stability)
             self.backward_step(loss, batch_idx)
             total, batches = total + loss.detach(), batches + 1
             if self._collapsed():
