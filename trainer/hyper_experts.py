@@ -18,15 +18,18 @@ class HyperExpertTrainer(ClassifierTrainer):
 
     With a hypernetwork (``arch.args.hypernet``), every batch draws one preference from
     ``Dirichlet(dirichlet_alpha)`` (1.2 in PRL), shared by all experts of that forward pass; the
-    hypernetwork generates the experts' heads from it and the loss scalarises the experts' losses with it
-    (``stch`` weighted by default), so the preference steers the head/tail trade-off. ``per_expert_preference``
-    draws one preference per expert instead, as the released code does (it calls the hypernetwork inside the
-    expert loop); the loss then uses their mean. Without a hypernetwork this is plain SADE (use
-    ``scalarization: "sum"``).
+    hypernetwork generates the experts' heads from it and the loss scalarises the head/uniform/tail objectives
+    with it. By default (``objective: "aggregate"``) those objectives score the experts' aggregate under the
+    preference (weighted by it with ``aggregate_by_preference``, else the mean) and SADE's per-expert sum is
+    added; ``objective: "experts"`` scores each expert's own logits (the paper-era code; with ``stch`` at mu
+    0.1 it trains about one expert per batch). ``per_expert_preference`` draws one preference per expert
+    instead, as the released code does (it calls the hypernetwork inside the expert loop); the loss then uses
+    their mean. Without a hypernetwork this is plain SADE (``scalarization: "sum"``).
 
-    Validation and test use the aggregated logits (the mean of the experts, under the learned default
-    preference) and report their cross-entropy as the loss. ``test.py`` / ``test_all.py`` take
-    ``--preference`` and ``--weights``.
+    The epoch log has ``loss`` (the objective) and ``expert_loss`` (SADE's per-expert sum on the same
+    batches, comparable across scalarisations). Validation and test use the aggregated logits (under the
+    uniform preference unless one is set) and report their cross-entropy as the loss. ``test.py`` /
+    ``test_all.py`` take ``--preference`` and ``--weights``.
     """
 
     def __init__(self, config, dirichlet_alpha: float = 1.2, per_expert_preference: bool = False, **kwargs):

@@ -14,7 +14,6 @@ from utils import dist
 from utils.errors import ConfigError
 from utils.registry import TRAINERS
 
-
 STABILITIES = ("discriminative", "sade")
 
 
@@ -44,13 +43,19 @@ def prediction_stability(p1: torch.Tensor, p2: torch.Tensor, kind: str = "discri
 class TestTimeTrainer(BaseTrainer):
     """Adapts how a trained multi-expert model combines its experts to an unlabelled test set.
 
-    For every test-agnostic split (forward50 ... backward50), starting from equal expert weights and, for a
-    hypernetwork model, its learned preference, it maximises the cosine similarity between the predictions
-    on two augmented views of the same unlabelled test images (SADE, "prediction stability"), optimising
-    only the softmax-parametrised aggregation weights (and the preference on the simplex, with
-    ``learn_preference``). The configured optimizer (SGD in SADE) runs for ``epochs`` passes and stops as soon
-    as any weight falls below ``min_weight`` (0.05). The model is frozen in eval mode. Labels are read only to
-    score.
+    For every test-agnostic split (forward50 ... backward50), starting from the model's own combination (equal
+    expert weights; for a hypernetwork model the uniform preference), it maximises the stability of the
+    predictions on two augmented views of the same unlabelled test images (SADE), optimising only the
+    softmax-parametrised aggregation weights (and the preference on the simplex, with ``learn_preference``).
+    A hypernetwork model that weights its experts by its preference (``aggregate_by_preference``) learns the
+    preference alone, which then both conditions the heads and weights the experts, as in inference.
+
+    ``stability``: ``"discriminative"`` (default) is the views' agreement on the same image minus their mean
+    agreement across different images of the batch (:func:`prediction_stability`); ``"sade"`` is SADE's plain
+    agreement, which any input-independent prediction maximises and which on small long-tailed sets pulls the
+    weights onto the most prior-biased expert (the README shows the measurement). The configured optimizer
+    (SGD in SADE) runs for ``epochs`` passes and stops as soon as a learned weight falls below ``min_weight``
+    (0.05). The model is frozen in eval mode. Labels are read only to score.
 
     ``protocol``: ``"transductive"`` adapts on the split and scores the same split, as SADE does;
     ``"split_half"`` adapts on a random half (seed 0) and scores the other half.
