@@ -190,3 +190,137 @@ def test_every_test_time_config_merges_and_validates(path, expert_config):
     merged = test_training.merged_config(load_json(path), expert_config)
     assert merged["trainer"]["type"] == "TestTimeTrainer"
     ConfigParser(merged, source=str(path))
+
+
+# --- orderings that must hold on a small learnable set (fast: synthetic features, full-batch steps) ----------
+TOY_COUNTS = [160, 80, 40, 20, 10, 6, 4, 2, 2, 1]  # long-tailed, IR 160: classes 5.. are "few"
+
+
+def toy_data(per_class, seed):
+    """Gaussian clusters in 12-d, one per class, with overlap: learnable but not trivially."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, 12, generator=torch.Generator().manual_seed(0)) * 1.2
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])
+    return centres[labels] + 1.5 * torch.randn(len(labels), 12, generator=g), labels
+
+
+def toy_model(hypernet=None):
+    """A MultiExpertModel with a small MLP stem and three MLP experts (same class as the ResNets)."""
+    from model.experts import MultiExpertModel
+
+    torch.manual_seed(0)
+    shared = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU())
+    experts = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU()) for _ in range(3))
+    return MultiExpertModel(shared, experts, 16, 10, hypernet=hypernet)
+
+
+def toy_train(loss_args, hypernet=None, steps=100):
+    """HyperExpertTrainer's step (one Dirichlet(1.2) preference per step, the model's weighting rule) on the toy
+    set; returns the model and the mean of SADE's per-expert loss sum over the last 20 steps."""
+    from model.expert_loss import DiverseExpertLoss
+
+    model = toy_model(hypernet)
+    x, y = toy_data(TOY_COUNTS, seed=1)
+    criterion = DiverseExpertLoss(TOY_COUNTS, **loss_args)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    dirichlet = torch.distributions.Dirichlet(torch.full((3,), 1.2))
+    torch.manual_seed(1)
+    tail = []
+    for step in range(steps):
+        preference = dirichlet.sample() if hypernet is not None else None
+        logits = model(x, preference=preference, return_experts=True)
+        loss_preference = preference if preference is not None else torch.full((3,), 1 / 3)
+        loss = criterion(logits, y, loss_preference, model.preference_weights(preference))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step >= steps - 20:
+            tail.append(float(criterion.expert_losses(logits.detach(), y).sum()))
+    return model.eval(), sum(tail) / len(tail)
+
+
+def toy_few_accuracy(model, preference):
+    x, y = toy_data([40] * 10, seed=2)  # a uniform test set
+    with torch.no_grad():
+        predicted = model(x, preference=torch.tensor(preference)).argmax(1)
+    few = y >= 5
+    return float((predicted[few] == y[few]).float().mean())
+
+
+def head_cosine(model):
+    with torch.no_grad():
+        w1, w3 = model.hypernet(torch.tensor([1.0, 0, 0])), model.hypernet(torch.tensor([0, 0, 1.0]))
+    return float(F.cosine_similarity(w1.flatten(1), w3.flatten(1)).min())
+
+
+def test_prl_aggregate_objective_trains_like_sade_where_the_paper_form_starves():
+    _, sade = toy_train({"scalarization": "sum"})
+    _, aggregate = toy_train({"scalarization": "stch", "mu": 0.1}, {"hidden": 32})
+    _, experts = toy_train({"scalarization": "stch", "mu": 0.1, "objective": "experts"}, {"hidden": 32})
+    # the default PRL objective's per-expert losses end within a factor of SADE's (measured 1.39); the near-max
+    # over the experts' own losses trains about one expert per step and ends far above (measured 5.1x SADE)
+    assert aggregate < 1.6 * sade, (aggregate, sade)
+    assert experts > 2 * aggregate, (experts, aggregate)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 item 1, open: the generated heads still ignore the preference "
+                   "(the hypernetwork's output grows in norm along one direction that the cosine classifier "
+                   "normalises away; cosine 0.99999 between the heads for (1,0,0) and (0,0,1))")
+def test_prl_generated_heads_depend_on_the_preference_and_move_few_shot_accuracy():
+    model, _ = toy_train({"scalarization": "stch", "mu": 0.1}, {"hidden": 32, "aggregate_by_preference": False})
+    # experts averaged: the preference acts only through the generated heads, and still moves the tail
+    assert head_cosine(model) < 0.99
+    assert toy_few_accuracy(model, [0, 0, 1.0]) > toy_few_accuracy(model, [1.0, 0, 0]) + 0.05
+    paper, _ = toy_train({"scalarization": "stch", "mu": 0.1, "objective": "experts"},
+                         {"hidden": 32, "aggregate_by_preference": False})
+    assert head_cosine(paper) > head_cosine(model)  # each expert's own loss: one minimiser for every preference
+
+
+def test_discriminative_stability_scores_a_constant_prediction_zero():
+    from trainer.test_time import prediction_stability
+
+    torch.manual_seed(0)
+    constant = torch.softmax(torch.randn(1, 10) * 3, dim=1).expand(16, 10)
+    assert float(prediction_stability(constant, constant, "sade")) == pytest.approx(1.0)
+    assert float(prediction_stability(constant, constant)) == pytest.approx(0.0, abs=1e-6)
+    p1, p2 = torch.softmax(torch.randn(6, 4), 1), torch.softmax(torch.randn(6, 4), 1)
+    a, b = F.normalize(p1, dim=1), F.normalize(p2, dim=1)
+    pairs = a @ b.T
+    by_hand = pairs.diag().mean() - (pairs.sum() - pairs.diag().sum()) / 30
+    assert float(prediction_stability(p1, p2)) == pytest.approx(float(by_hand), abs=1e-6)
+
+
+def toy_adapt(model, x, stability, steps=25, lr=0.1, noise=1.5):
+    """TestTimeTrainer's adaptation on the toy model: softmax weights from 1/3, SGD (SADE's lr 0.1, momentum
+    0.9, nesterov), two noisy views per step, SADE's stop below 0.05. Returns the learned weights."""
+    from trainer.test_time import prediction_stability
+
+    logits = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=lr, momentum=0.9, nesterov=True)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        with torch.no_grad():
+            z1, z2 = (model.expert_logits(x + noise * torch.randn(x.shape, generator=g)) for _ in range(2))
+        w = torch.softmax(logits, 0)
+        p1, p2 = (torch.softmax(torch.einsum("nec,e->nc", z, w), 1) for z in (z1, z2))
+        loss = -prediction_stability(p1, p2, stability)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if float(torch.softmax(logits.detach(), 0).min()) < 0.05:
+            break
+    return torch.softmax(logits, 0).detach()
+
+
+def test_test_time_aggregation_does_not_lose_accuracy_on_the_uniform_split():
+    model, _ = toy_train({"scalarization": "sum"})
+    x, y = toy_data([40] * 10, seed=2)
+    with torch.no_grad():
+        experts = model.expert_logits(x)
+
+    def accuracy(w):
+        return float((torch.einsum("nec,e->nc", experts, w).argmax(1) == y).float().mean())
+
+    before = accuracy(torch.full((3,), 1 / 3))
+    adapted = toy_adapt(model, x, "discriminative")
+    assert accuracy(adapted) >= before - 0.01, (adapted, accuracy(adapted), before)

@@ -15,18 +15,48 @@ from utils import dist
 from utils.errors import ConfigError
 from utils.registry import TRAINERS
 
+STABILITIES = ("discriminative", "sade")
+
+
+def prediction_stability(p1: torch.Tensor, p2: torch.Tensor, kind: str = "discriminative") -> torch.Tensor:
+    """How well the predictions ``(N, C)`` on two views of the same N images agree.
+
+    ``"sade"``: the mean cosine similarity of each image's two predictions (SADE). Any prediction that does not
+    depend on the image maximises it (cosine 1), so it rewards the expert whose prior bias dominates its input
+    evidence: the backward expert of a small long-tailed set, whose predictions crowd onto a few tail classes
+    whatever the view. ``"discriminative"``: the same agreement minus the mean agreement between the views of
+    *different* images of the batch, the part of the stability an input-independent prediction also has; a
+    constant prediction scores 0, and a model that matches the split's class marginal is not penalised for it
+    (a correct classifier's cross-image agreement is the split's label collision rate, whatever the model).
+    """
+    a, b = F.normalize(p1, dim=1), F.normalize(p2, dim=1)
+    same = (a * b).sum(1).mean()
+    if kind == "sade":
+        return same
+    n = len(a)
+    if n < 2:
+        return same * 0  # no other image to compare with: no signal, no step
+    cross = (a.sum(0) @ b.sum(0) - (a * b).sum()) / (n * (n - 1))  # mean over pairs i != j, without the N x N matrix
+    return same - cross
+
 
 @TRAINERS.register()
 class TestTimeTrainer(BaseTrainer):
     """Adapts how a trained multi-expert model combines its experts to an unlabelled test set.
 
-    For every test-agnostic split (forward50 ... backward50), starting from equal expert weights and, for a
-    hypernetwork model, its learned preference, it maximises the cosine similarity between the predictions
-    on two augmented views of the same unlabelled test images (SADE, "prediction stability"), optimising
-    only the softmax-parametrised aggregation weights (and the preference on the simplex, with
-    ``learn_preference``). The configured optimizer (SGD in SADE) runs for ``epochs`` passes and stops as soon
-    as any weight falls below ``min_weight`` (0.05). The model is frozen in eval mode. Labels are read only to
-    score.
+    For every test-agnostic split (forward50 ... backward50), starting from the model's own combination (equal
+    expert weights; for a hypernetwork model the uniform preference), it maximises the stability of the
+    predictions on two augmented views of the same unlabelled test images (SADE), optimising only the
+    softmax-parametrised aggregation weights (and the preference on the simplex, with ``learn_preference``).
+    A hypernetwork model that weights its experts by its preference (``aggregate_by_preference``) learns the
+    preference alone, which then both conditions the heads and weights the experts, as in inference.
+
+    ``stability``: ``"discriminative"`` (default) is the views' agreement on the same image minus their mean
+    agreement across different images of the batch (:func:`prediction_stability`); ``"sade"`` is SADE's plain
+    agreement, which any input-independent prediction maximises and which on small long-tailed sets pulls the
+    weights onto the most prior-biased expert (the README shows the measurement). The configured optimizer
+    (SGD in SADE) runs for ``epochs`` passes and stops as soon as a learned weight falls below ``min_weight``
+    (0.05). The model is frozen in eval mode. Labels are read only to score.
 
     ``protocol``: ``"transductive"`` adapts on the split and scores the same split, as SADE does;
     ``"split_half"`` adapts on a random half (seed 0) and scores the other half.
@@ -37,9 +67,13 @@ class TestTimeTrainer(BaseTrainer):
 
     def __init__(self, config, epochs: int = 5, min_weight: float = 0.05,
                  protocol: Literal["transductive", "split_half"] = "transductive", learn_weights: bool = True,
-                 learn_preference: bool = True, **kwargs):
+                 learn_preference: bool = True, stability: Literal["discriminative", "sade"] = "discriminative",
+                 **kwargs):
         if not 0 <= min_weight < 1:
             raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
+        if stability not in STABILITIES:
+            raise ValueError(f"stability must be one of {', '.join(STABILITIES)}, got {stability!r}")
+        self.stability = stability
         self.min_weight, self.protocol = min_weight, protocol
         self.learn_weights, self.learn_preference = learn_weights, learn_preference
         super().__init__(config, epochs=epochs, **kwargs)
@@ -50,29 +84,36 @@ class TestTimeTrainer(BaseTrainer):
 
     # --- what is learned --------------------------------------------------------------------------
     def parameter_groups(self):
-        experts = self.raw_model.num_experts
+        experts, model = self.raw_model.num_experts, self.raw_model
         self.weight_logits = nn.Parameter(torch.zeros(experts, device=self.device))
         self.preference_logits = nn.Parameter(torch.zeros(experts, device=self.device))
+        learns_preference = self.learn_preference and model.hypernet is not None
+        # a hypernetwork model that weights its experts by its preference (aggregate_by_preference, inference's
+        # rule) learns the preference alone: it conditions the heads and weights the experts, as in inference
+        self.tied = learns_preference and model.aggregate_by_preference and not bool(model.weights_set)
         params = []
-        if self.learn_weights:
+        if self.learn_weights and not self.tied:
             params.append(self.weight_logits)
-        if self.learn_preference and self.raw_model.hypernet is not None:
+        if learns_preference:
             params.append(self.preference_logits)
         if not params:
             raise ConfigError("TestTimeTrainer: nothing to learn (learn_weights false and no hypernetwork preference)")
         return params
 
     def _reset(self) -> None:
-        """Equal weights, the model's own preference, a fresh optimizer."""
+        """The model's own inference combination (its weights and preference: step 0 is the model before
+        adaptation), a fresh optimizer."""
         with torch.no_grad():
-            self.weight_logits.zero_()
             default = self.raw_model.current_preference()
+            self.weight_logits.copy_(self.raw_model.inference_weights(default).to(self.device).clamp_min(1e-6).log())
             if default is not None:
                 self.preference_logits.copy_(default.to(self.device).clamp_min(1e-6).log())
         self.optimizer = self.config.build("optimizer", params=[p for g in self.optimizer.param_groups
                                                                  for p in g["params"]])
 
     def weights(self) -> torch.Tensor:
+        if self.tied:
+            return self.preference()
         return torch.softmax(self.weight_logits, dim=0)
 
     def preference(self) -> torch.Tensor | None:
@@ -96,7 +137,7 @@ class TestTimeTrainer(BaseTrainer):
             with torch.no_grad(), self.autocast():
                 f1, f2 = self.raw_model.expert_features(view1).float(), self.raw_model.expert_features(view2).float()
             p1, p2 = torch.softmax(self.combined(f1), dim=1), torch.softmax(self.combined(f2), dim=1)
-            loss = -F.cosine_similarity(p1, p2, dim=1).mean()
+            loss = -prediction_stability(p1, p2, self.stability)
             self.backward_step(loss, batch_idx)
             total, batches = total + loss.detach(), batches + 1
             if self._collapsed():
@@ -105,9 +146,10 @@ class TestTimeTrainer(BaseTrainer):
         return {"stability": -float(dist.mean_over_ranks(total, batches))}
 
     def _collapsed(self) -> bool:
-        low = bool(self.weights().min() < self.min_weight)
-        preference = self.preference()
-        return low or (self.learn_preference and preference is not None and bool(preference.min() < self.min_weight))
+        """SADE's stop: a learned weight (or the learned preference) fell below ``min_weight``."""
+        learned = [p for p in (self.weights() if self.learn_weights or self.tied else None,
+                               self.preference() if self.learn_preference else None) if p is not None]
+        return any(bool(p.min() < self.min_weight) for p in learned)
 
     def _views(self):
         return self.view_source.view_loader(self._adapt_index)
