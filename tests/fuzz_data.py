@@ -54,8 +54,13 @@ def write_nmr(root: Path) -> None:
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
     ppm = np.linspace(10.0, 0.0, NMR_POINTS)
+    # one Lorentzian line under noise falling by 2 per level: a noise-only ladder is refused when loaded
+    points = np.arange(NMR_POINTS)
+    line = 50.0 / (1.0 + ((points - NMR_POINTS / 3) / 2.0) ** 2)
+    sigma = 2.0 ** -np.arange(NMR_LEVELS)[:, None]
     for i in range(20):
-        np.savez(root / f"ladder_{i}.npz", spectra=rng.normal(size=(NMR_LEVELS, NMR_POINTS)), ppm=ppm)
+        spectra = line + sigma * rng.normal(size=(NMR_LEVELS, NMR_POINTS))
+        np.savez(root / f"ladder_{i}.npz", spectra=spectra, ppm=ppm)
 
 
 def write_all(root: Path) -> dict:

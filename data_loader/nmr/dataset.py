@@ -23,6 +23,7 @@ from utils.registry import DATA_LOADERS, type_problem
 
 # offsets added to the config seed so training, validation and test ladders never coincide
 _VALID_SEED, _TEST_SEED, _EPOCH_SEED = 1_000_003, 2_000_003, 7_919
+MAX_SIMULATED = 1_000_000  # ladders per simulated set: they live in memory (a typo of 10^12 would ask for petabytes)
 
 
 class LadderDataset(Dataset):
@@ -128,8 +129,9 @@ class NMRSimulated(BaseDataLoader):
         if fresh_each_epoch and num_workers:
             raise ValueError("fresh_each_epoch needs num_workers 0: worker processes keep their own copy of the "
                              "ladders (generation is vectorised and fast on the main process)")
-        if min(n_train, n_test) < 1 or n_valid < 0:
-            raise ValueError("n_train and n_test must be >= 1 and n_valid >= 0")
+        if min(n_train, n_test) < 1 or n_valid < 0 or max(n_train, n_valid, n_test) > MAX_SIMULATED:
+            raise ValueError(f"n_train and n_test must be in [1, {MAX_SIMULATED}] and n_valid in [0, {MAX_SIMULATED}] "
+                             f"(ladders are held in memory), got {n_train}, {n_valid}, {n_test}")
         if test_snr is not None and not test_snr > 0:
             raise ValueError(f"test_snr must be > 0 or null, got {test_snr}")
         self.seed, self.test_snr, self.fresh_each_epoch = seed, test_snr, fresh_each_epoch

@@ -149,7 +149,7 @@ class SimulationSettings:
                              f"got {entry!r}")
         entry = dict(entry)
         preset, weight = entry.pop("preset", None), entry.pop("weight", 1.0)
-        if preset is not None and preset not in PRESETS:
+        if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
             raise ValueError(f"{where}: unknown preset {preset!r}; valid: {sorted(PRESETS)}")
         if not isinstance(weight, (int, float)) or not weight > 0:
             raise ValueError(f"{where}: weight must be a number > 0, got {weight!r}")
