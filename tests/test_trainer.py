@@ -167,9 +167,10 @@ PLUGIN = textwrap.dedent('''
             super().__init__()
             self.calls, self.seen = calls, 0
         def forward(self, output, target):
-            self.seen += 1
+            # training batches only (validation runs without gradients): a NaN validation loss is its own check
+            self.seen += torch.is_grad_enabled()
             loss = nn.functional.cross_entropy(output, target)
-            return loss * math.nan if self.seen > self.calls and self.training else loss
+            return loss * math.nan if self.seen > self.calls and torch.is_grad_enabled() else loss
 ''')
 
 
