@@ -136,7 +136,9 @@ def check_spectrum_loader(name: str, tmp_path: Path) -> None:
 
     rng = np.random.default_rng(0)
     for i in range(3):
-        np.savez(tmp_path / f"ladder_{i}.npz", spectra=rng.normal(size=(3, 64)))
+        line = 20.0 / (1.0 + ((np.arange(64) - 20) / 2.0) ** 2)  # a noise-only ladder is refused when loaded
+        noise = rng.normal(size=(3, 64)) * np.array([[1.0], [0.5], [0.25]])
+        np.savez(tmp_path / f"ladder_{i}.npz", spectra=line + noise)
     args = {k: str(tmp_path) if v == "{nmr}" else v for k, v in SPECTRUM_LOADER_ARGS[name].items()}
     loader = DATA_LOADERS.build({"type": name, "args": args}, ("data_loader",), training=True)
     spectra, clean, index = next(iter(loader))

@@ -247,7 +247,7 @@ def test_channels_last_changes_the_layout_not_the_step(tiny_config):
     conv = next(p for p in nhwc.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     for (name, a), b in zip(plain.named_parameters(), nhwc.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * float(a.grad.abs().max()), msg=name)
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-3 * float(a.grad.abs().max()), msg=name)
 
 
 def test_sync_batchnorm_in_one_process_is_a_noted_no_op(tiny_config):
