@@ -73,8 +73,12 @@ def test_quick_mode_end_to_end(tmp_path):
     """A cheaper run of --quick (2 epochs): every method trains and is scored, and each claim gets a row."""
     from benchmarks.fidelity import main
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results = main(["--quick", "--epochs", "2", "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    try:  # restored: later tests in this process compare numerics computed with the default thread count
+        results = main(["--quick", "--epochs", "2", "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
     r = results["cifar10_quick"]
     assert {"softmax", "stage1", "mislas", "lnr", "sade"} <= set(r["scores"])
     assert not {k for k in r["errors"] if "prl" not in k.lower() and "test-time" not in k}
