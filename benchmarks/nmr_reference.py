@@ -62,10 +62,10 @@ def peak_mask(spectrum: np.ndarray, alpha: float = 5.0, window: int = 11, order:
     return maximum_filter1d(mask, 2 * dilate + 1, mode="nearest")
 
 
-def robust_scale(spectrum: np.ndarray, reference: np.ndarray, mask: np.ndarray, iterations: int = 4,
+def robust_scale(spectrum: np.ndarray, reference: np.ndarray, mask: np.ndarray, noise: float, iterations: int = 4,
                  tukey: float = 4.685) -> float:
-    """``s`` with ``s * spectrum ~ reference`` on ``mask``: median of point ratios, then IRLS (Tukey bisquare)."""
-    noise = MAD_TO_SIGMA * mad(spectrum)[1]
+    """``s`` with ``s * spectrum ~ reference`` on ``mask``: median of the point ratios where the spectrum exceeds
+    3 ``noise``, then IRLS (Tukey bisquare)."""
     strong = mask & (np.abs(spectrum) > 3 * noise)
     if not strong.any():
         strong = mask
@@ -103,7 +103,7 @@ def prepare_one(ladder: np.ndarray, max_shift: int = 16, erode: int = 3) -> dict
     top = aligned[-1]
     peaks = peak_mask(top)
     baseline = minimum_filter1d(~peaks, 2 * erode + 1, mode="nearest")
-    scales = np.array([robust_scale(level, top, peaks) for level in aligned])
+    scales = np.array([robust_scale(level, top, peaks, MAD_TO_SIGMA * mad(level[baseline])[1]) for level in aligned])
     scaled = [level * (scale / scales[0]) for level, scale in zip(aligned, scales)]
     sigma = np.array([MAD_TO_SIGMA * mad(level[baseline])[1] for level in scaled])
     snr = np.array([(np.quantile(level[peaks], 0.95) - np.median(level[baseline])) / max(s, 1e-30)

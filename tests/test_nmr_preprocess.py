@@ -104,3 +104,51 @@ def test_local_alignment_follows_a_shift_that_varies_along_the_spectrum(spectrum
     # a single global shift cannot do this: it leaves at least one region misaligned
     global_fix = fourier_shift(drifted, -estimate_shift(drifted, reference))
     assert (global_fix - reference).abs().max() > 5 * (restored - reference).abs().max()
+
+
+@pytest.mark.parametrize("q", [0.5, 0.95])
+def test_prefix_plan_matches_numpy_on_left_packed_rows(q):
+    """PrefixPlan (the CPU selection scale_packed uses) gives numpy.quantile of each row's prefix, for counts that
+    differ between groups (odd, even, 1 and 0 points), each count shared by a group of rows."""
+    import numpy as np
+
+    from data_loader.nmr.preprocess import PrefixPlan
+
+    torch.manual_seed(0)
+    counts, group, width = [7, 8, 1, 0, 300], 3, 300
+    values = torch.randn(len(counts) * group, width)
+    valid = torch.arange(width)[None] < torch.tensor(counts)[:, None]
+    plan = PrefixPlan.build(valid, q, group)
+    before = values.clone()
+    got = plan(values)
+    assert torch.equal(values, before)   # the input is not modified
+    for g, count in enumerate(counts):
+        for row in range(g * group, (g + 1) * group):
+            if count == 0:
+                assert got[row].isnan()
+            else:
+                assert got[row].item() == pytest.approx(float(np.quantile(values[row, :count].numpy(), q)), abs=1e-6)
+    median, mad = PrefixPlan.build(valid, 0.5, group).median_and_mad(values)
+    row = values[0, :counts[0]].numpy()
+    assert mad[0].item() == pytest.approx(float(np.median(np.abs(row - np.median(row)))), abs=1e-6)
+
+
+def test_prepare_ladder_computes_what_the_plain_numpy_loop_computes():
+    """The batched preparation against benchmarks/nmr_reference.py (one ladder at a time, float64 NumPy/SciPy,
+    written from the description): the same targets, noise levels, scales, SNRs and weights. Run.py's row 5
+    compares their speed, so a fast path that changes the result must fail here."""
+    import numpy as np
+
+    from benchmarks import nmr_reference
+    from data_loader.nmr.fusion import prepare_ladder
+    from data_loader.nmr.simulate import SimulationSettings, simulate_ladders
+
+    spectra = simulate_ladders(SimulationSettings(length=2048, levels=4), 3, 7)["spectra"]
+    ours = prepare_ladder(spectra)
+    for b, ladder in enumerate(spectra.numpy()):
+        ref = nmr_reference.prepare_one(ladder)
+        scale = np.abs(ref["target"]).max()
+        assert np.abs(ours.target[b].double().numpy() - ref["target"]).max() / scale < 1e-5
+        for key in ("sigma", "scales", "snr", "weights"):
+            assert np.allclose(getattr(ours, key)[b].double().numpy(), ref[key], rtol=1e-4, atol=1e-7), key
+        assert np.array_equal(ours.peaks[b].numpy(), ref["peaks"])

@@ -145,10 +145,11 @@ def ladder_problems(spectra: torch.Tensor, peak_counts: torch.Tensor | None = No
     its noise level 0. A top level with no peak above the noise (``peak_counts`` ``(B,)``: the top level's peak
     points, as :func:`prepare_ladder` finds them; computed here when not given) leaves nothing to rescale the
     levels on (``need_peaks``) and nothing to denoise towards. Costs one min/max pass (none with ``mad``
-    ``(B·(K+1),)``, every level's MAD: only a level with MAD 0 can be constant; and, without ``peak_counts``, a
+    ``(B·(K+1),)``, every level's MAD over all its points or any subset, such as the baseline: only a level
+    with MAD 0 can be constant, and NaN, a subset without points, proves nothing; and, without ``peak_counts``, a
     peak mask of the top levels), so data loaders can check whole data sets when they load them.
     """
-    if mad is not None and not bool((mad == 0).any()):
+    if mad is not None and not bool(((mad == 0) | mad.isnan()).any()):
         low = constant = torch.zeros(spectra.shape[:2], dtype=torch.bool, device=spectra.device)
     else:
         low, high = torch.aminmax(spectra, dim=-1)                                        # (B, K+1)
@@ -187,7 +188,8 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     between them (for drifts that differ along the spectrum). ``rescale``: robust least squares on the peak mask
     (the plan's s_k), expressed in level 0's units. The peak mask is chosen on the top level (median +
     ``alpha``·MAD threshold on its Savitzky–Golay smoothing, dilated): the point-wise maximum over levels
-    the plan suggests would admit the noise spikes of the noisy levels.
+    the plan suggests would admit the noise spikes of the noisy levels. The rescaling's noise level (which
+    peak points stand clear of the noise) is each level's 1.4826·MAD on the baseline.
 
     Raises :class:`LadderError` (a ``DataError``) naming the first ladder of the batch that cannot be prepared
     (see :func:`ladder_problems`): one with a constant level, or, with ``rescale``, one whose top level has no
@@ -207,32 +209,31 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
         shifts = torch.zeros(batch, levels, device=x.device)
     top = x[:, -1]
     flat = x.reshape(batch * levels, length)
-    # each level's median and MAD over all its points: the top level's choose the peaks, the others' say which
-    # points stand clear of the noise when rescaling
-    median, mad = median_and_mad(flat if rescale else top)
-    peaks = peak_mask_from(top, median.view(batch, -1)[:, -1], mad.view(batch, -1)[:, -1], alpha=alpha, dilate=dilate)
+    # the top level's median and MAD over all its points choose the peaks
+    peaks = peak_mask_from(top, *median_and_mad(top), alpha=alpha, dilate=dilate)
     baseline = baseline_mask(peaks, erode=erode)
+    # every level's median and MAD on the baseline, before rescaling: its noise says which peak points stand clear
+    # of it when rescaling, and, multiplied by the scale (median(s·x) = s·median(x), MAD(s·x) = |s|·MAD(x)),
+    # they are plan_snr's baseline level and robust_sigma's σ of the rescaled level, with no second pass
+    plan = RankPlan.build(baseline, 0.5, levels)
+    base, mad = (plan.median_and_mad(flat) if plan is not None
+                 else median_and_mad(flat, baseline.repeat_interleave(levels, 0)))
     # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
     index, counts = pack_index(peaks)
-    problems = ladder_problems(spectra, counts, alpha, need_peaks=rescale, mad=mad if rescale else None)
+    problems = ladder_problems(spectra, counts, alpha, need_peaks=rescale, mad=mad)
     if problems:
         raise LadderError(*problems[0])
     valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
     packed = x.gather(2, index[:, None].expand(batch, levels, -1)).flatten(0, 1)
     if rescale:
-        noise = MAD_TO_SIGMA * mad
         top_packed = packed.view(batch, levels, -1)[:, -1:].expand(batch, levels, -1).flatten(0, 1)
-        scales = scale_packed(packed, top_packed, valid, noise, group=levels).view(batch, levels)
+        scales = scale_packed(packed, top_packed, valid, MAD_TO_SIGMA * mad, group=levels).view(batch, levels)
         scales = (scales / scales[:, :1]).float()
         x = x * scales[..., None]
-        flat = x.reshape(batch * levels, length)
         packed = packed * scales.flatten()[:, None]
+        base, mad = base * scales.flatten(), mad * scales.flatten().abs()
     else:
         scales = torch.ones(batch, levels, device=x.device)
-    plan = RankPlan.build(baseline, 0.5, levels)
-    # one pass gives plan_snr's baseline level and robust_sigma's σ
-    base, mad = (plan.median_and_mad(flat) if plan is not None
-                 else median_and_mad(flat, baseline.repeat_interleave(levels, 0)))
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
     snr = _snr(packed, valid.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)

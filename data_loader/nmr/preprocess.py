@@ -180,6 +180,60 @@ class RankPlan:
         return median, self((values - median[:, None]).abs_())
 
 
+@dataclass
+class PrefixPlan:
+    """One quantile of the first ``counts[g]`` points of rows of values, for left-packed rows (the layout of
+    :func:`pack_masked` and :func:`pack_index`) used repeatedly; a drop-in for :class:`RankPlan` there.
+
+    Each count serves ``group`` consecutive rows (the levels of a ladder). On the CPU every group is selected on
+    its own prefix with ``numpy.partition``: no filler values, so less work than :class:`RankPlan`'s single
+    selection over the full width, whose runs of ±inf fillers also slow NumPy's introselect about twofold on
+    rows of a few thousand points. Elsewhere it is a :class:`RankPlan` (one sort serves every row at once).
+    """
+
+    counts: list[int]          # (G,) points of each group's rows
+    lower: list[int]           # (G,) floor((count - 1)·q), the order statistic below the quantile
+    frac: torch.Tensor         # (G·group,) interpolation weight towards the next order statistic
+    empty: torch.Tensor        # (G·group,) rows without points (NaN)
+    group: int
+    fallback: RankPlan | None  # off the CPU
+
+    @classmethod
+    def build(cls, valid: torch.Tensor, q: float, group: int = 1) -> PrefixPlan | RankPlan | None:
+        """The plan for the left-packed mask ``valid`` ``(G, W)`` (True on a prefix of each row)."""
+        if valid.device.type != "cpu":
+            return RankPlan.build(valid, q, group)
+        counts = valid.sum(1, dtype=torch.int64)
+        virtual = (counts.double() - 1) * q
+        lower = virtual.floor().clamp_min(0)
+        frac = (virtual - lower).repeat_interleave(group)
+        return cls(counts.tolist(), lower.long().tolist(), frac, (counts == 0).repeat_interleave(group), group,
+                   None)
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """The quantile ``(G·group,)`` of the prefix points of each row of ``values`` ``(G·group, W)`` (finite)."""
+        buffer = values.detach().cpu().numpy().copy()     # partition works in place; the input stays as it is
+        kth = np.zeros(len(buffer), dtype=buffer.dtype)
+        beyond = np.zeros(len(buffer), dtype=buffer.dtype)
+        for g, (count, low) in enumerate(zip(self.counts, self.lower)):
+            if count == 0:
+                continue
+            rows = buffer[g * self.group:(g + 1) * self.group, :count]
+            rows.partition(low, axis=1)
+            kth[g * self.group:(g + 1) * self.group] = rows[:, low]
+            if low + 1 < count:
+                beyond[g * self.group:(g + 1) * self.group] = rows[:, low + 1:].min(axis=1)
+        kth, beyond = torch.from_numpy(kth), torch.from_numpy(beyond)
+        frac = self.frac.to(values.dtype)
+        result = torch.where(frac > 0, kth + frac * (beyond - kth), kth)
+        return torch.where(self.empty, torch.full((), math.nan, dtype=values.dtype), result)
+
+    def median_and_mad(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Median and MAD of each row's prefix points (a plan built for q = 0.5)."""
+        median = self(values)
+        return median, self((values - median[:, None]).abs_())
+
+
 def peak_mask(spectra: torch.Tensor, alpha: float = 5.0, window: int = 11, order: int = 3,
               dilate: int = 5) -> torch.Tensor:
     """Points belonging to peaks, ``(B, L)`` bool: the Savitzky-Golay-smoothed spectrum exceeds its median by
@@ -245,13 +299,14 @@ def shift_transformed(transform: torch.Tensor, shift: torch.Tensor, length: int)
 @functools.lru_cache(maxsize=16)
 def _lag_table(length: int, search: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer lags ``(S,)`` 0..search, -search..-1 (the order of the lags of an inverse FFT, so ties resolve
-    alike) and ``(2F, S)`` with ``[Re, Im] @ table`` the circular cross-correlation at those lags (up to 1/L):
-    rows ``count·cos(ωτ)`` then ``-count·sin(ωτ)``."""
+    alike) and ``(2F, S)`` with ``view_as_real(cross).flatten(1) @ table`` the circular cross-correlation at
+    those lags (up to 1/L): rows alternate ``count·cos(ωτ)`` (real parts) and ``-count·sin(ωτ)`` (imaginary
+    parts), the interleaved layout of a complex tensor, so the cross spectra need no copy."""
     lags = torch.cat([torch.arange(search + 1), torch.arange(-search, 0)]).to(device)
     omega, count = _frequencies(length, device, torch.float64)
     angle = omega[:, None] * lags[None].double()
-    table = torch.cat([count[:, None] * torch.cos(angle), -count[:, None] * torch.sin(angle)])
-    return lags, table.to(dtype)
+    table = torch.stack([count[:, None] * torch.cos(angle), -count[:, None] * torch.sin(angle)], 1)
+    return lags, table.flatten(0, 1).to(dtype)
 
 
 def _frequencies(length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +342,7 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     if search is not None and 2 * search + 1 <= min(64, length):
         # a few lags: one matrix product with a cached cos/sin table instead of an inverse FFT of every row
         lags, table = _lag_table(length, search, cross.device, work)
-        corr = torch.cat([cross.real, cross.imag], 1) @ table
+        corr = torch.view_as_real(cross.contiguous()).flatten(1) @ table
     else:
         corr = torch.fft.irfft(cross, n=length)
         lags = torch.arange(length, device=cross.device)
@@ -302,13 +357,18 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     # c(τ0+δ) = Re Σ_f a_f·exp(iω_f·δ) = Σ_n δ^n/n!·m_n with m_n = Re(i^n·Σ_f a_f·ω_f^n), so that
     # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
     # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-12 of the sum.
-    omega, count = _frequencies(length, cross.device, work)
+    omega, _ = _frequencies(length, cross.device, work)
     angle = omega[None] * tau[:, None]
-    weighted = cross * torch.complex(count * torch.cos(angle), count * torch.sin(angle))     # a_f
+    cos, sin = torch.cos(angle), torch.sin(angle)
     rows = len(cross)
-    parts = torch.view_as_real(weighted).permute(0, 2, 1).reshape(2 * rows, -1)          # Re a, Im a of each row
-    powers = _power_table(length, iterations, cross.device, work)                    # (F, terms + 2)
-    re_m, im_m = (parts @ powers).double().view(rows, 2, -1).unbind(1)
+    # a_f / count_f = X_f·conj(R_f)·exp(iω_f·τ0) as real rows (Re of every row, then Im): four real products
+    # write it where the matrix product reads it, instead of a complex product and a transposing copy
+    re_x, im_x = torch.view_as_real(cross).unbind(-1)
+    parts = torch.empty(2, rows, cross.shape[1], dtype=work, device=cross.device)
+    torch.mul(re_x, cos, out=parts[0]).addcmul_(im_x, sin, value=-1)
+    torch.mul(re_x, sin, out=parts[1]).addcmul_(im_x, cos)
+    powers = _power_table(length, iterations, cross.device, work)        # (F, terms + 2), count_f included
+    re_m, im_m = (parts.view(2 * rows, -1) @ powers).double().view(2, rows, -1).unbind(0)
     n = torch.arange(powers.shape[1], device=cross.device)
     # Re(i^n·A) for n = 0, 1, 2, 3 (mod 4): Re A, -Im A, -Re A, Im A
     m = torch.where(n % 2 == 0, re_m, im_m) * torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64,
@@ -327,14 +387,16 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
 
 @functools.lru_cache(maxsize=16)
 def _power_table(length: int, iterations: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(F, terms + 2)``: (ω_f/π)^n for n = 0..terms+1, with ``terms`` enough that (π·|δ|)^n/n! has fallen below
-    1e-12 at |δ| = iterations/2 (scaled by π so the float32 entries stay in [0, 1])."""
+    """``(F, terms + 2)``: count_f·(ω_f/π)^n for n = 0..terms+1 (count_f as in :func:`_frequencies`), with
+    ``terms`` enough that (π·|δ|)^n/n! has fallen below 1e-12 at |δ| = iterations/2 (scaled by π so the float32
+    entries stay in [0, 2])."""
     reach, terms, term = math.pi * 0.5 * iterations, 1, 1.0
     while term > 1e-12 or terms < reach:
         term *= reach / terms
         terms += 1
     scaled = torch.fft.rfftfreq(length, dtype=torch.float64) * 2   # ω/π in [0, 1]
-    table = scaled[:, None] ** torch.arange(terms + 2, dtype=torch.float64)
+    _, count = _frequencies(length, torch.device("cpu"), torch.float64)
+    table = count[:, None] * scaled[:, None] ** torch.arange(terms + 2, dtype=torch.float64)
     # entries below 1e-30 (low frequencies, high powers) are negligible and would be float32 subnormals, which
     # slow a CPU matrix product several times over where denormals are not flushed
     return table.masked_fill(table < 1e-30, 0).to(device=device, dtype=dtype)
@@ -428,14 +490,15 @@ def robust_scale(spectra: torch.Tensor, reference: torch.Tensor, mask: torch.Ten
 def scale_packed(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, noise: torch.Tensor, iterations: int = 4,
                  tukey: float = 4.685, group: int = 1) -> torch.Tensor:
     """:func:`robust_scale` on packed points: ``x``, ``y`` ``(N, W)`` the spectrum and reference on the mask,
-    ``valid`` ``(N / group, W)`` which of them are points (the rest is ignored; one row for ``group`` consecutive
-    rows of ``x``, e.g. the levels of a ladder), ``noise`` ``(N,)`` the spectrum's 1.4826·MAD over all its
-    points. Returns ``s`` ``(N,)`` float32."""
+    ``valid`` ``(N / group, W)`` which of them are points, left-packed as :func:`pack_masked` returns them (the
+    rest is ignored; one row for ``group`` consecutive rows of ``x``, e.g. the levels of a ladder), ``noise``
+    ``(N,)`` the spectrum's noise level (1.4826·MAD over all its points, or over its baseline): points above
+    3·noise start the estimate. Returns ``s`` ``(N,)`` float32."""
     # float32 suffices: the residuals are differences of float32 levels, and the sums are pairwise; padding
     # columns are zeroed so that they add nothing to the sums and need no mask there
     padding = ~valid.repeat_interleave(group, 0)
     x, y = x.float().masked_fill(padding, 0), y.float().masked_fill(padding, 0)
-    plan = RankPlan.build(valid, 0.5, group)   # one mask for the 2·iterations medians below
+    plan = PrefixPlan.build(valid, 0.5, group)   # one mask for the 2·iterations medians below
     strong = ~padding & (x.abs() > 3 * noise.float()[:, None])
     strong = torch.where(strong.any(1, keepdim=True), strong, ~padding)
     inverse = 1 / quantile(y / torch.where(x == 0, torch.ones_like(x), x), 0.5, strong)
