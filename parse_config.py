@@ -305,11 +305,14 @@ class ConfigParser:
         run_id: run directory name; default: a timestamp. With ``resume``: branch, i.e. continue from the
             checkpoint in a new run directory ``<root>/models/<name>/<run_id>/`` beside the checkpoint's.
         resume_epoch: the epoch of ``resume`` when the caller has read it (else read when needed).
+        evaluation: the config evaluates a checkpoint (test.py, test_all.py) rather than trains: a trainer whose
+            evaluation needs no training data then builds none (see ``BaseTrainer.evaluation_needs_training_data``).
     """
 
     def __init__(self, config: dict, source: str = "<config>", resume: str | Path | None = None,
-                 run_id: str | None = None, resume_epoch: int | None = None):
+                 run_id: str | None = None, resume_epoch: int | None = None, evaluation: bool = False):
         self.source = source
+        self.evaluation = evaluation
         safe_json.check_depth(config, source)  # before copying: a deep copy of 100,000 levels overflows the stack
         self._config = copy.deepcopy(config)
         try:
@@ -363,8 +366,8 @@ class ConfigParser:
         return parser
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ConfigParser:
-        """Build from parsed command-line options (see :meth:`add_arguments`)."""
+    def from_args(cls, args: argparse.Namespace, evaluation: bool = False) -> ConfigParser:
+        """Build from parsed command-line options (see :meth:`add_arguments`); ``evaluation`` as in the constructor."""
         if not args.config and not args.resume:
             raise ConfigError("give a config with -c CONFIG.json, or a checkpoint to resume with -r CKPT.pth")
         source = args.config or str(args.resume)
@@ -402,7 +405,7 @@ class ConfigParser:
             config["plugins"] = list(config.get("plugins", [])) + [p for p in args.plugins
                                                                    if p not in config.get("plugins", [])]
         return cls(config, source=source, resume=args.resume, run_id=getattr(args, "run_id", None),
-                   resume_epoch=resume_epoch)
+                   resume_epoch=resume_epoch, evaluation=evaluation)
 
     # --- access -----------------------------------------------------------------------------------
     @property

@@ -40,7 +40,7 @@ def trainer_for_checkpoint(args, script: str, data_dir: str | None = None, data_
     if args.config:
         raise ConfigError(f"{script} takes the config from the checkpoint; change values with --set KEY=VALUE")
     args.overrides.append("trainer.args.tensorboard=false")
-    config = with_data_dir(ConfigParser.from_args(args), data_dir, script, required=data_dir_required)
+    config = with_data_dir(ConfigParser.from_args(args, evaluation=True), data_dir, script, required=data_dir_required)
     trainer = build_trainer(config)
     return config, trainer, trainer.load_weights(args.resume)
 
@@ -62,7 +62,7 @@ def with_data_dir(config: ConfigParser, data_dir: str | None, script: str, requi
         return config
     values = config.config
     apply_override(values, f"data_loader.args.data_dir={json.dumps(str(data_dir))}")
-    return ConfigParser(values, source=config.source, resume=config.resume)
+    return ConfigParser(values, source=config.source, resume=config.resume, evaluation=config.evaluation)
 
 
 def list_registered(kind: str) -> str:

@@ -75,6 +75,10 @@ class BaseTrainer(ABC):
     # classifier, test-time weights): DDP refuses a module without trainable parameters, so backward_step
     # averages those gradients over the ranks instead
     wrap_in_ddp: bool = True
+    # False for trainers whose model and evaluation need nothing from the training data (no class counts): when a
+    # checkpoint is evaluated (``config.evaluation``) they build no training loader, so test.py runs on a machine
+    # that has only the test data, in files the training loader would refuse to batch (other axes or lengths)
+    evaluation_needs_training_data: bool = True
 
     def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
                  early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
@@ -198,6 +202,9 @@ class BaseTrainer(ABC):
         return getattr(self.data_loader, "num_classes", len(counts) if counts is not None else None)
 
     def build_data(self):
+        """The training loader and its validation split; none when evaluating a checkpoint needs no training data."""
+        if self.config.evaluation and not self.evaluation_needs_training_data:
+            return None, None
         loader = self.config.build_data_loader(training=True, device=self.device)
         return loader, loader.split_validation()
 

@@ -187,3 +187,32 @@ def test_train_crop_cuts_batches_to_random_lengths_and_eval_simulation_sets_the_
     with pytest.raises(ConfigError, match="train_crop"):
         nmr_config["trainer"]["args"]["train_crop"] = [32, 16]
         build(nmr_config)
+
+
+def test_directory_checkpoint_evaluates_spectra_of_other_axes_without_its_training_data(nmr_config, tmp_path):
+    """test.py --data_dir with a checkpoint trained on NMRDirectory: the test machine lacks the training
+    directory, and the user's ladders have other ppm axes and lengths (each is denoised on its own). Evaluation
+    builds no training data."""
+    import shutil
+
+    train_dir = tmp_path / "train"
+    write_ladders(train_dir, count=6, clean=False)
+    nmr_config["data_loader"] = {"type": "NMRDirectory", "args": {"data_dir": str(train_dir), "batch_size": 4,
+                                                                  "levels": 4, "validation_split": 2}}
+    nmr_config["trainer"]["args"].update(epochs=1, phase_a_epochs=1)
+    nmr_config["lr_scheduler"]["args"]["warmup_epochs"] = 0
+    _, parsed = run_training(nmr_config, run_id="dir_eval")
+    shutil.rmtree(train_dir)
+    mine = tmp_path / "mine"
+    write_ladders(mine, count=1, clean=False)
+    other = write_ladders(tmp_path / "other", count=1, clean=False, seed=5)
+    np.savez(mine / "shifted.npz", spectra=other["spectra"][0].double().numpy(),
+             ppm=other["ppm"].double().numpy() + 0.37)
+    longer = np.concatenate([other["spectra"][0].double().numpy()] * 2, axis=1)
+    np.savez(mine / "longer.npz", spectra=longer, ppm=np.linspace(12.0, -1.0, longer.shape[1]))
+    out_dir = tmp_path / "denoised"
+    test_cli.main(["-r", str(parsed.model_dir / "latest.pth"), "--data_dir", str(mine), "--save_dir", str(out_dir),
+                   "-d", "cpu"])
+    assert np.load(out_dir / "shifted.npz")["denoised"].shape == (256,)
+    assert np.load(out_dir / "longer.npz")["denoised"].shape == (512,)
+    assert np.allclose(np.load(out_dir / "shifted.npz")["ppm"], other["ppm"].double().numpy() + 0.37)

@@ -70,6 +70,7 @@ class NMRDenoiseTrainer(BaseTrainer):
     """
 
     required_sections = ("loss", "optimizer")
+    evaluation_needs_training_data = False   # the U-Net needs no class counts; test() reads its own data
 
     def __init__(self, config, snr_ratio: float = 2.0, phase_a_epochs: int = 0, phase_a_levels: int = 2,
                  phase_b_weights: dict[str, float] | None = None, curriculum: bool = True,
