@@ -216,3 +216,32 @@ def test_directory_checkpoint_evaluates_spectra_of_other_axes_without_its_traini
     assert np.load(out_dir / "shifted.npz")["denoised"].shape == (256,)
     assert np.load(out_dir / "longer.npz")["denoised"].shape == (512,)
     assert np.allclose(np.load(out_dir / "shifted.npz")["ppm"], other["ppm"].double().numpy() + 0.37)
+
+
+def test_a_window_that_loses_its_peak_when_prepared_is_dropped_not_fatal(nmr_config, monkeypatch):
+    """A cropped window can pass the peak check on its raw top level and fail it once aligned (a sub-point shift
+    lowers a marginal narrow peak): training drops that window, as it drops those without any peak, instead of
+    stopping with "this ladder has no peak" (seen in epoch 2 of a pretrained-model run)."""
+    import trainer.nmr_denoise as module
+    from data_loader.nmr.fusion import LadderError
+
+    nmr_config["trainer"]["args"]["train_crop"] = [128, 128]
+    trainer = build(nmr_config)
+    batch = next(iter(trainer.data_loader))[0]
+    real, calls = module.prepare_ladder, []
+
+    def refuse_the_second_once(windows, **kwargs):
+        calls.append(len(windows))
+        if len(calls) == 1:
+            raise LadderError(1, "has no peak above the noise")
+        return real(windows, **kwargs)
+
+    monkeypatch.setattr(module, "prepare_ladder", refuse_the_second_once)
+    windows = trainer.crop(batch)
+    terms = trainer.training_loss(windows, 1, [f"l{i}" for i in range(len(windows))])
+    kept = len(trainer.with_peaks(windows, None)[0])
+    assert calls == [kept, kept - 1] and terms["loss"].isfinite()
+    monkeypatch.setattr(module, "prepare_ladder", lambda windows, **kwargs: (_ for _ in ()).throw(
+        LadderError(0, "has no peak above the noise")))
+    with pytest.raises(DataError, match="train_crop"):
+        trainer.training_loss(windows, 1)

@@ -202,13 +202,27 @@ class NMRDenoiseTrainer(BaseTrainer):
                             "raise train_crop's minimum length")
         return windows[keep], None if names is None else [names[i] for i in keep]
 
+    def prepare_windows(self, windows: torch.Tensor, names: list[str] | None) -> Ladder:
+        """The prepared batch of cropped ladders, without the windows that lost their peaks: those :meth:`with_peaks`
+        finds, and those that lose them only when prepared (aligning a level moves its top level by a fraction of a
+        point, which can lower a marginal narrow peak of a window below the threshold)."""
+        windows, names = self.with_peaks(windows, names)
+        while True:   # each failed pass drops a window, so this ends
+            try:
+                with torch.no_grad():
+                    return prepare_ladder(windows, **self.fusion)
+            except LadderError as err:   # whole ladders were checked when loaded: only the window can be at fault
+                keep = [i for i in range(len(windows)) if i != err.index]
+                if not keep:
+                    raise DataError("no ladder of this training window has a peak (train_crop cut them all out); "
+                                    "raise train_crop's minimum length") from None
+                windows, names = windows[keep], None if names is None else [names[i] for i in keep]
+
     def training_loss(self, spectra: torch.Tensor, epoch: int,
                       names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The loss terms of one batch of ladders ``(B, K+1, L)`` already on the device (``names``: theirs, for
         messages); a batch cropped by ``train_crop`` keeps only the windows that hold a peak."""
-        if self.train_crop is not None:
-            spectra, names = self.with_peaks(spectra, names)
-        ladder = self.prepare(spectra, names)
+        ladder = self.prepare(spectra, names) if self.train_crop is None else self.prepare_windows(spectra, names)
         if not self._ratio_checked:
             self._check_ratio(ladder)
         batch, levels, length = ladder.levels.shape
