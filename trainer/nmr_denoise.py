@@ -221,7 +221,8 @@ class NMRDenoiseTrainer(BaseTrainer):
     def training_loss(self, spectra: torch.Tensor, epoch: int,
                       names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The loss terms of one batch of ladders ``(B, K+1, L)`` already on the device (``names``: theirs, for
-        messages); a batch cropped by ``train_crop`` keeps only the windows that hold a peak."""
+        messages); a batch cropped by ``train_crop`` keeps only the windows that hold a peak
+        (:meth:`prepare_windows`)."""
         ladder = self.prepare(spectra, names) if self.train_crop is None else self.prepare_windows(spectra, names)
         if not self._ratio_checked:
             self._check_ratio(ladder)
