@@ -10,6 +10,9 @@ the run ends), then runs each command there and in this tree:
 * ``train.py -c BAD.json``, a malformed JSON file (a missing comma), and ``-c`` a config naming an unknown model
   (``ResNet23``), both written to the temporary directory
 * ``test.py -h``
+* ``python -c "import parse_config; len(MODELS)"``: importing every built-in component, what a training or
+  evaluation run loads before its first step (run from the tree's directory; the old tree imported them with
+  parse_config, the new one on the registry's first look-up)
 
 Each command runs once in each tree to warm the file cache and write the ``.pyc`` files, then ``--repeats`` times,
 before and after alternately so that load on the machine hits both alike. Reported: the median wall time and the
@@ -47,7 +50,9 @@ def commands(tmp: Path) -> list[tuple[str, list[str], int]]:
     return [("train.py --list", ["train.py", "--list"], 0),
             ("train.py -c BAD.json (malformed)", ["train.py", "-c", str(malformed)], 2),
             ("train.py -c BAD.json (unknown model)", ["train.py", "-c", str(unknown)], 2),
-            ("test.py -h", ["test.py", "-h"], 0)]
+            ("test.py -h", ["test.py", "-h"], 0),
+            ("import every component", ["-c", "import parse_config; from utils.registry import MODELS; len(MODELS)"],
+             0)]
 
 
 def export(rev: str, into: Path) -> str:
@@ -62,8 +67,10 @@ def export(rev: str, into: Path) -> str:
 
 
 def run_once(tree: Path, argv: list[str], cwd: Path) -> tuple[float, int, int]:
-    """``(wall seconds, peak RSS bytes, exit status)`` of ``python argv`` with ``tree``'s scripts."""
-    script = [str(tree / argv[0]), *argv[1:]]
+    """``(wall seconds, peak RSS bytes, exit status)`` of ``python argv`` with ``tree``'s scripts (``-c CODE``: run
+    in ``tree``, so that its modules are the ones imported)."""
+    script = [str(tree / argv[0]), *argv[1:]] if argv[0].endswith(".py") else argv
+    cwd = cwd if argv[0].endswith(".py") else tree
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, *script], cwd=cwd, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
