@@ -40,6 +40,7 @@ from utils.registry import (
     SCHEDULERS,
     TRAINERS,
     Registry,
+    builtins_loaded,
     load_builtins,
 )
 
@@ -221,6 +222,8 @@ def check_names_from_sources(config: dict) -> None:
     """Refuse a component ``type`` that no built-in registers, from the names ``utils.registry_index`` reads in the
     sources: before the registries import torch and the components (seconds), with the registries' own message.
     Everything else about a component (its form, its arguments) is checked later, against the imported classes."""
+    if builtins_loaded():  # the registries hold every name already and answer at once
+        return
     index = registry_index.static_entries()
     if index is None:  # sources this reader does not follow: the registries will say it
         return
@@ -230,7 +233,8 @@ def check_names_from_sources(config: dict) -> None:
         specs += [(("metrics", i), spec, METRICS) for i, spec in enumerate(config["metrics"])]
     for where, spec, registry in specs:
         if isinstance(spec, Mapping) and "type" in spec and set(spec) <= {"type", "args"}:
-            names = index[registry.name]
+            # with the names registered in this process so far: a script may register its own class and then name it
+            names = set(index[registry.name]) | set(registry.names_so_far())
             if not isinstance(spec["type"], str) or spec["type"] not in names:
                 raise registry.unknown(spec["type"], where + ("type",), names)
 

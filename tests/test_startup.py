@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from utils import registry_index
-from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "scipy", "nmrglue", "matplotlib", "tensorboard", "sklearn")
@@ -106,22 +105,66 @@ def test_registries_import_the_builtins_on_first_look_up():
     assert done.stdout.split() == ["False", "True", "True", "True"], done.stderr
 
 
-def test_unknown_name_message_from_the_sources_is_the_registrys(monkeypatch):
-    """The same words before the import (from the index) as after it (from the registry)."""
-    from parse_config import ConfigParser
+SAME_MESSAGE = """
+import json
+from parse_config import ConfigParser
+from utils import registry_index
+from utils.registry import builtins_loaded
 
-    bad = {**GOOD, "arch": {"type": "Resnet32"}, "metrics": [{"type": 5}]}
-    with pytest.raises(ConfigError) as from_sources:
-        ConfigParser(bad, source="c.json")
-    monkeypatch.setattr(registry_index, "static_entries", lambda: None)
-    with pytest.raises(ConfigError) as from_registry:
-        ConfigParser(bad, source="c.json")
-    assert str(from_sources.value) == str(from_registry.value)
-    assert "unknown model 'Resnet32'" in str(from_sources.value)
-    monkeypatch.undo()
-    bad["arch"]["type"] = "ResNet32"  # the sources' check reports the metric before the trainer's missing "epochs"
-    with pytest.raises(ConfigError, match=r'config\["metrics"\]\[0\]\["type"\]: the metric type must be a string'):
-        ConfigParser(bad, source="c.json")
+def message(config):
+    try:
+        ConfigParser(config, source="c.json")
+    except Exception as err:
+        return str(err)
+
+bad = {**GOOD, "arch": {"type": "Resnet32"}, "metrics": [{"type": 5}]}
+metric = message({**bad, "arch": {"type": "ResNet32"}})  # before the trainer's missing "epochs", from the sources
+from_sources = message(bad)
+loaded_by_then = builtins_loaded()
+registry_index.static_entries = lambda: None  # as if the sources could not be read: the registries answer
+print(json.dumps([metric, from_sources, loaded_by_then, message(bad)]))
+"""
+
+
+def test_unknown_name_message_from_the_sources_is_the_registrys():
+    """The same words before the import (from the index) as after it (from the registry), in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", f"GOOD = {GOOD!r}\n" + SAME_MESSAGE], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    metric, from_sources, loaded_by_then, from_registry = json.loads(done.stdout)
+    assert 'config["metrics"][0]["type"]: the metric type must be a string' in metric
+    assert not loaded_by_then
+    assert "unknown model 'Resnet32'" in from_sources
+    assert from_sources == from_registry
+
+
+REGISTERED_IN_PROCESS = '''
+from torch import nn
+from utils.registry import MODELS, builtins_loaded
+
+@MODELS.register()
+class MyNet(nn.Module):
+    """Mine."""
+
+assert not builtins_loaded()
+from parse_config import ConfigParser
+for name in ("MyNett", "MyNet"):  # the typo first: refused from the sources, the registries not loaded yet
+    try:
+        ConfigParser({**GOOD, "arch": {"type": name}}, source="c.json")
+    except Exception as err:
+        print(err)
+    print(builtins_loaded())
+'''
+
+
+def test_a_class_registered_by_the_running_script_passes_the_check_from_the_sources():
+    """No plugin, but registered in-process before the config is built (a script, a notebook, a test)."""
+    probe = f"GOOD = {GOOD!r}\n" + REGISTERED_IN_PROCESS
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    typo, loaded_after_typo, mine, loaded_after_mine = done.stdout.splitlines()
+    assert "unknown model 'MyNett' in registry MODELS. Did you mean 'MyNet'" in typo and loaded_after_typo == "False"
+    assert "MyNet" not in mine and loaded_after_mine == "True"  # the trainer's missing "epochs", from the classes
 
 
 @pytest.mark.parametrize("source, problem", [

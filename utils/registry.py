@@ -49,6 +49,11 @@ def load_builtins() -> None:
     _builtins_state = "loaded"
 
 
+def builtins_loaded() -> bool:
+    """Whether :func:`load_builtins` has run: then the registries hold everything and answer at once."""
+    return _builtins_state == "loaded"
+
+
 class Registry:
     """Maps names to classes or functions of one kind.
 
@@ -101,6 +106,11 @@ class Registry:
 
     def names(self) -> list[str]:
         self._complete()
+        return sorted(self._entries)
+
+    def names_so_far(self) -> list[str]:
+        """The names registered until now, without importing the built-ins: the config check adds those a script
+        registered itself (``@LOSSES.register()`` before building a config) to the names the sources register."""
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, Callable]]:
