@@ -25,15 +25,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import data_loader  # noqa: F401  (registers the built-in data loaders)
-import model  # noqa: F401  (registers models, losses, metrics)
-import trainer  # noqa: F401  (registers trainers)
-import utils.optim  # noqa: F401  (registers optimizers and schedulers)
-from utils import dist, safe_json
-from utils.checkpoint import load_checkpoint
+# Nothing here imports torch: the registries import the built-in components on their first look-up
+# (utils.registry.load_builtins), after the checks that need only the JSON and the sources' names, so a bad config
+# is reported in a fraction of a second. utils.dist and utils.checkpoint (torch) are imported where they are used.
+from utils import registry_index, safe_json
 from utils.errors import ConfigError, StorageError, format_path
 from utils.files import RunLock, atomic_write_text, first_file_in_path, make_dirs
-from utils.registry import DATA_LOADERS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, Registry
+from utils.registry import (
+    DATA_LOADERS,
+    LOSSES,
+    METRICS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRAINERS,
+    Registry,
+    builtins_loaded,
+    load_builtins,
+)
 
 TOP_LEVEL_KEYS = {
     "name": "run name; runs are saved under <save_dir>/models/<name>/<run_id>/",
@@ -121,6 +130,7 @@ def import_plugins(modules: Any, where: tuple = ("plugins",)) -> None:
                               "dotted import path (my_pkg.my_module), not a file path")
     if not modules:
         return
+    load_builtins()  # first, so that a name a plugin registers again is reported as the plugin's
     with _working_directory_importable():
         for i, name in enumerate(modules):
             try:
@@ -190,6 +200,8 @@ def validate_config(config: Any) -> None:
     init_from = config.get("init_from")
     if init_from is not None and (not isinstance(init_from, str) or not init_from):
         raise ConfigError(f'{format_path(("init_from",))}: must be a checkpoint path or null, got {init_from!r}')
+    if config.get("plugins", []) == []:  # a plugin may register more names: then only the registries know them
+        check_names_from_sources(config)
     import_plugins(config.get("plugins", []))
     for section, (registry, supplied) in COMPONENTS.items():
         if section in config and config[section] is not None:
@@ -204,6 +216,27 @@ def validate_config(config: Any) -> None:
         raise ConfigError(f'{format_path(("optimizer",))}: missing; config["lr_scheduler"] needs an optimizer to '
                           "schedule (add an \"optimizer\" section or remove \"lr_scheduler\")")
     check_ranges(config)
+
+
+def check_names_from_sources(config: dict) -> None:
+    """Refuse a component ``type`` that no built-in registers, from the names ``utils.registry_index`` reads in the
+    sources: before the registries import torch and the components (seconds), with the registries' own message.
+    Everything else about a component (its form, its arguments) is checked later, against the imported classes."""
+    if builtins_loaded():  # the registries hold every name already and answer at once
+        return
+    index = registry_index.static_entries()
+    if index is None:  # sources this reader does not follow: the registries will say it
+        return
+    specs = [((section,), config[section], registry) for section, (registry, _) in COMPONENTS.items()
+             if config.get(section) is not None]
+    if isinstance(config.get("metrics"), list):
+        specs += [(("metrics", i), spec, METRICS) for i, spec in enumerate(config["metrics"])]
+    for where, spec, registry in specs:
+        if isinstance(spec, Mapping) and "type" in spec and set(spec) <= {"type", "args"}:
+            # with the names registered in this process so far: a script may register its own class and then name it
+            names = set(index[registry.name]) | set(registry.names_so_far())
+            if not isinstance(spec["type"], str) or spec["type"] not in names:
+                raise registry.unknown(spec["type"], where + ("type",), names)
 
 
 def _matches(config: Any, pattern: tuple, walked: tuple = ()):
@@ -373,6 +406,7 @@ class ConfigParser:
         source = args.config or str(args.resume)
         resume_epoch = None
         if args.resume:
+            from utils.checkpoint import load_checkpoint
             checkpoint = load_checkpoint(args.resume, require=("config",))
             config = checkpoint["config"]
             resume_epoch = checkpoint.get("epoch")
@@ -482,6 +516,7 @@ class ConfigParser:
         """Check, create and lock the run directory, create the log directory and write ``config.json`` (rank 0
         only). Every refusal comes before anything is written; the lock is held until :meth:`release_run_dir`
         (or the end of the process)."""
+        from utils import dist
         if not dist.is_main_process():
             return
         self._check_run_dirs()  # before creating anything
@@ -531,6 +566,7 @@ class ConfigParser:
         latest = self.model_dir / "latest.pth"
         if not latest.is_file() or os.path.samefile(latest, self.resume):
             return
+        from utils.checkpoint import load_checkpoint
         newest = load_checkpoint(latest, require=("epoch",))["epoch"]
         mine = self.resume_epoch
         if mine is None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# nothing imported here loads torch, so -h and argument errors come at once; it loads with the checkpoint
 from parse_config import ConfigParser
 from train import trainer_for_checkpoint
-from utils import dist
 from utils.cli import (
     add_inference_arguments,
     check_output_path,
@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     config, trainer, state = trainer_for_checkpoint(args, "test.py", data_dir=args.data_dir)
     preference = configure_inference(trainer, args)
     result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None, data_dir=args.data_dir)
+    from utils import dist
+
     if not dist.is_main_process():
         return
     print(f"{config.name}: {args.resume} (epoch {state.get('epoch')}), test split of {result['n']} samples")

@@ -18,10 +18,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from data_loader.test_agnostic import describe_splits, format_split_report
-from model.metric import CalibrationError, ShotAccuracy, describe_shot_groups, split_scores
+# torch, data_loader and model are imported in the functions that use them, so that -h and argument errors come
+# before they load (seconds); test_training.py imports this module too
 from parse_config import ConfigParser
 from train import trainer_for_checkpoint
 from utils.cli import add_inference_arguments, check_output_path, configure_inference, run_cli, write_json
@@ -46,6 +44,11 @@ def evaluate_all(trainer, loader, augmented_loader=None, shot_args: dict | None 
     With ``augmented_loader`` (SADE's quirk, a switch of the CIFAR loaders) the non-uniform splits are
     scored on one pass over training-augmented test images instead.
     """
+    import torch
+
+    from data_loader.test_agnostic import describe_splits
+    from model.metric import describe_shot_groups, split_scores
+
     shot_args = shot_args or {}
     logits, targets = trainer.predict(loader)
     augmented = trainer.predict(augmented_loader)[0] if augmented_loader is not None else None
@@ -93,6 +96,8 @@ def main(argv=None) -> None:
                           f"{config['trainer']['type']} do not")
     augmented = loader.augmented_test_loader() if getattr(loader, "augmented_split_scoring", False) else None
     result = evaluate_all(trainer, loader, augmented, shot_settings(config))
+    from data_loader.test_agnostic import format_split_report
+
     print(f"{config.name}: {args.resume}; "
           + ("non-uniform splits scored on augmented images (SADE protocol)" if augmented is not None
              else "deterministic test transform on every split"))
@@ -108,6 +113,8 @@ def main(argv=None) -> None:
 
 
 def uniform_figures(predictions: dict, cls_num_list, shot_args: dict, title: str) -> dict:
+    from model.metric import CalibrationError, ShotAccuracy
+
     metrics = [CalibrationError(), ShotAccuracy(cls_num_list, **shot_args)]
     for metric in metrics:
         metric.update(predictions["logits"], predictions["targets"])

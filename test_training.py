@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import copy
 
-from data_loader.test_agnostic import format_split_report
-from model.metric import describe_shot_groups
+# torch (utils.checkpoint, utils.dist), data_loader and model are imported in main() where they are needed, so that
+# -h and argument errors come before they load (seconds)
 from parse_config import ConfigParser, apply_override, checkpoint_plugins, deep_merge, load_json
 from test_all import format_table, shot_settings
 from train import build_trainer, with_data_dir
-from utils.checkpoint import load_checkpoint
 from utils.cli import check_output_path, run_cli, write_json
-from utils.dist import is_main_process
 from utils.errors import ConfigError
 
 
@@ -61,6 +59,8 @@ def main(argv=None) -> None:
     if "trainer" not in test_time:
         raise ConfigError(f'{args.config}: config["trainer"]: missing; a test-time config needs a "trainer" section '
                           "naming TestTimeTrainer")
+    from utils.checkpoint import load_checkpoint
+
     checkpoint = load_checkpoint(args.resume, require=("model", "config"))
     named = args.plugins + [p for p in test_time.get("plugins") or [] if isinstance(p, str)]
     checkpoint_plugins(checkpoint["config"], named, args.resume)
@@ -81,6 +81,10 @@ def main(argv=None) -> None:
                           f"TestTimeTrainer, got {config['trainer']['type']}")
     shot_args = shot_settings(config)
     splits = trainer.adapt_all(shot_args)
+    from data_loader.test_agnostic import format_split_report
+    from model.metric import describe_shot_groups
+    from utils.dist import is_main_process
+
     if not is_main_process():  # under torchrun every rank holds the same results: rank 0 reports
         return
     shot_groups = describe_shot_groups(trainer.cls_num_list, shot_args)

@@ -11,16 +11,18 @@ import argparse
 import inspect
 import json
 
+# Start-up imports nothing heavy: -h, --list and a bad config are answered before torch loads (utils/registry.py);
+# torch and the components come with the first registry look-up, utils.dist and utils.seed where they are used.
 from parse_config import ConfigParser, apply_override, import_plugins
-from utils import dist
 from utils.cli import format_metrics, run_cli
 from utils.errors import ConfigError
 from utils.registry import DATA_LOADERS, REGISTRIES
-from utils.seed import seed_everything
 
 
 def build_trainer(config: ConfigParser):
     """Seed, then build the configured trainer (which builds data, model, loss, ...). Writes nothing."""
+    from utils.seed import seed_everything
+
     trainer_args = config["trainer"].get("args") or {}
     seed_everything(config.seed, deterministic=bool(trainer_args.get("deterministic", False)))
     return config.build("trainer", config=config)
@@ -65,15 +67,21 @@ def with_data_dir(config: ConfigParser, data_dir: str | None, script: str, requi
     return ConfigParser(values, source=config.source, resume=config.resume, evaluation=config.evaluation)
 
 
-def list_registered(kind: str) -> str:
+def list_registered(kind: str, plugins: bool = False) -> str:
+    """``--list KIND``: the registered names with the first line of their docs. Without ``plugins`` they come from the
+    sources (utils/registry_index.py, no torch import: a fraction of a second); plugins need the real registries."""
     key = kind.lower().rstrip("s") if kind != "all" else "all"
     chosen = {name: reg for name, reg in REGISTRIES.items() if kind == "all" or name.rstrip("s") == key}
     if not chosen:
         raise ConfigError(f"--list {kind}: unknown kind; choose from {', '.join(REGISTRIES)}")
+    from utils.registry_index import static_entries
+
+    index = None if plugins else static_entries()
     lines = []
     for name, registry in chosen.items():
         lines.append(f"{name} ({registry.name}: {registry.contract})")
-        for entry, doc in registry.describe():
+        rows = sorted(index[registry.name].items()) if index is not None else registry.describe()
+        for entry, doc in rows:
             lines.append(f"  {entry:<28} {doc}")
     return "\n".join(lines)
 
@@ -86,9 +94,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.list:
         import_plugins(args.plugins, where=("--plugin",))
-        print(list_registered(args.list))
+        print(list_registered(args.list, plugins=bool(args.plugins)))
         return
     config = ConfigParser.from_args(args)
+    from utils import dist
+
     trainer = build_trainer(config)
     if config.resume is not None:
         trainer.resume(config.resume)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from base.base_data_loader import BaseDataLoader
 from data_loader.test_agnostic import list_splits
@@ -194,6 +193,9 @@ class ImageListLT(BaseDataLoader):
         self.cls_num_list = [0] * self.num_classes
         for original, n in enumerate(counts.tolist()):
             self.cls_num_list[int(self.class_map[original])] = n
+
+        # imported here: torchvision's package import brings torch._dynamo (seconds), which only image lists need
+        from torchvision.transforms import v2
 
         normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         train_ops = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]

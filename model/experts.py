@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from base.base_model import BaseModel
 from model.hypernet import PreferenceHypernet
@@ -237,6 +235,8 @@ class MultiExpertResNet32(MultiExpertModel):
 
 # --- ImageNet-size ResNets with experts ------------------------------------------------------------------
 def _bottleneck_stage(inplanes: int, planes: int, blocks: int, stride: int, groups: int, base_width: int):
+    from torchvision.models.resnet import Bottleneck  # torchvision loads torch._dynamo: only for these models
+
     downsample = None
     if stride != 1 or inplanes != planes * 4:
         downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
@@ -266,6 +266,8 @@ class MultiExpertTorchvisionResNet(MultiExpertModel):
             raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        import torchvision  # here, not at the top: it imports torch._dynamo (seconds), which only these models need
+
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained is not None:
             _load_pretrained(net, Path(pretrained))

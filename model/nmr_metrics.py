@@ -57,9 +57,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import binary_dilation, binary_erosion
-from scipy.optimize import linear_sum_assignment
-from scipy.signal import find_peaks, peak_widths, savgol_filter
+
+# SciPy's ndimage, optimize and signal are imported in the functions that use them: together they take seconds to
+# import, and only the NMR evaluation calls them
 
 MAD_TO_SIGMA = 1.4826  # sigma = 1.4826 * MAD for Gaussian noise
 BASELINE_ERODE = 5  # points kept clear between the peak mask and the baseline
@@ -78,6 +78,8 @@ _PEAK_KEYS = ("peak_precision", "peak_recall", "peak_f1", "peak_shift", "height_
 # ----------------------------------------------------------------------------------------------- classical baselines
 def savgol_denoise(x: np.ndarray, window: int = 11, order: int = 3) -> np.ndarray:
     """Savitzky-Golay smoothing along the last axis, ``(..., L) -> (..., L)`` (``scipy.signal.savgol_filter``)."""
+    from scipy.signal import savgol_filter
+
     return savgol_filter(np.asarray(x, dtype=float), window, order, axis=-1)
 
 
@@ -104,6 +106,8 @@ def exponential_apodisation(x: np.ndarray, lb_points: float) -> np.ndarray:
 
 def matched_linewidth(reference: np.ndarray, peaks: np.ndarray) -> float:
     """Median FWHM (points) of the reference at ``peaks`` (``peak_widths``, rel_height 0.5); 0.0 without peaks."""
+    from scipy.signal import peak_widths
+
     peaks = np.asarray(peaks, dtype=int)
     if peaks.size == 0:
         return 0.0
@@ -113,6 +117,8 @@ def matched_linewidth(reference: np.ndarray, peaks: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------- peaks, matching
 def pick_peaks(y, threshold: float, min_distance: int = 3) -> np.ndarray:
     """Indices (int, ascending) of peaks with height and prominence above ``threshold``, ``min_distance`` apart."""
+    from scipy.signal import find_peaks
+
     peaks, _ = find_peaks(np.asarray(y, dtype=float), height=threshold, prominence=threshold,
                           distance=max(int(min_distance), 1))
     return peaks
@@ -142,6 +148,8 @@ def match_peaks(pred_pos, ref_pos, tolerance) -> tuple[np.ndarray, np.ndarray]:
     ``pred_idx``. The number of matches within tolerance is maximised first, then their total distance minimised:
     pairs beyond the tolerance cost more than any set of valid pairs, so they never displace a valid one.
     """
+    from scipy.optimize import linear_sum_assignment
+
     pred = np.asarray(pred_pos, dtype=float).ravel()
     ref = np.asarray(ref_pos, dtype=float).ravel()
     empty = np.zeros(0, dtype=int)
@@ -172,6 +180,8 @@ def _threshold(reference: np.ndarray, sigma_input: float | None, threshold_sigma
 
 def _masks_at(reference: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Peak mask (reference above threshold, dilated by 2 median FWHM) and baseline mask (complement, eroded)."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
     half = int(np.ceil(2.0 * matched_linewidth(reference, pick_peaks(reference, threshold))))
     peak = reference > threshold
     if half > 0:
@@ -279,6 +289,8 @@ def _segments(centres: np.ndarray, fwhm: np.ndarray, windows_fwhm: float, length
 def _prepare(*, reference, noisy_input, ppm=None, tolerance_ppm: float = 0.01, tolerance_points: float = 3.0,
              threshold_sigma: float = 5.0, min_rel_height: float = 0.02, windows_fwhm: float = 2.0,
              peak_mask=None, baseline_mask=None) -> _Context:
+    from scipy.signal import peak_widths
+
     reference = _as_spectrum(reference, "reference")
     length = reference.size
     noisy_input = _as_spectrum(noisy_input, "noisy_input", length)
@@ -320,6 +332,8 @@ def _snr_metrics(y: np.ndarray, ctx: _Context) -> dict[str, float | None]:
 
 def _peak_metrics(y: np.ndarray, ctx: _Context) -> dict[str, float | None]:
     """Detection (precision/recall/F1, shift) and per-matched-pair height and FWHM errors."""
+    from scipy.signal import peak_widths
+
     out_peaks = pick_peaks(y, ctx.threshold)
     n_ref, n_out = ctx.ref_peaks.size, out_peaks.size
     pred_idx, ref_idx = match_peaks(_positions(y, out_peaks, ctx.ppm), ctx.ref_pos, ctx.tolerance)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from base.base_model import BackboneClassifier
@@ -27,6 +26,8 @@ class TorchvisionResNet(BackboneClassifier):
     def __init__(self, arch: str, num_classes: int, pretrained: str | None = None, lws: bool = False):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        import torchvision  # here, not at the top: it imports torch._dynamo (seconds), which only these models need
+
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained is not None:
             _load_pretrained(net, Path(pretrained))

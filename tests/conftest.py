@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import parse_config  # noqa: E402,F401  (registers every built-in component)
+import parse_config  # noqa: E402,F401  (its registries import every built-in component on first look-up)
 
 TINY = {
     "name": "tiny",

@@ -1,6 +1,10 @@
-"""Shared command-line plumbing: user errors print one clear message (no traceback) and exit 2."""
+"""Shared command-line plumbing: user errors print one clear message (no traceback) and exit 2.
+
+Importing this module imports no torch: ``-h``, argument errors and config errors are answered before it loads.
+"""
 from __future__ import annotations
 
+import importlib.abc
 import json
 import math
 import sys
@@ -8,9 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from utils import dist
 from utils.errors import ConfigError, FrameworkError, StorageError
 from utils.files import atomic_write_text, first_file_in_path, make_dirs
 
@@ -21,15 +22,58 @@ def flush_denormals() -> None:
     A backward pass whose gradients hold subnormal values (below 1.2e-38 in float32) runs an order of magnitude
     slower on x86: a ResNet-32 backward at batch 64 took 1.7-3 s instead of 0.17 s in about half of the steps.
     Threads inherit the mode when they start and keep their own afterwards, so this must run before torch starts
-    its intra-op thread pool (the first parallel operation): ``run_cli`` calls it first. Values this small carry
-    nothing a network can use; CUDA is not affected.
+    its intra-op thread pool (the first parallel operation): ``run_cli`` arranges it (see
+    :func:`flush_denormals_when_torch_loads`). Values this small carry nothing a network can use; CUDA is not
+    affected.
     """
+    import torch
+
     torch.set_flush_denormal(True)
+
+
+class _FlushDenormalsAfterTorch(importlib.abc.MetaPathFinder):
+    """An import hook that finds nothing itself: it lets the other finders find ``torch`` and runs
+    :func:`flush_denormals` as soon as torch's ``__init__`` has run, before any other code can use torch."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "torch":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        hook = self
+
+        def exec_module(module):
+            del loader.exec_module  # the loader's own method again: this wrapper runs once
+            loader.exec_module(module)
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
+            module.set_flush_denormal(True)
+
+        loader.exec_module = exec_module  # this spec's loader only (finders make one per spec)
+        return spec
+
+
+def flush_denormals_when_torch_loads() -> None:
+    """Flush denormals now if torch is imported, else right after it is first imported (see
+    :func:`flush_denormals`): the entry points import torch only once their arguments have been checked."""
+    if "torch" in sys.modules:
+        flush_denormals()
+    elif not any(isinstance(f, _FlushDenormalsAfterTorch) for f in sys.meta_path):
+        sys.meta_path.insert(0, _FlushDenormalsAfterTorch())
 
 
 def run_cli(main: Callable[[], Any]) -> None:
     """Run an entry point's ``main``: denormals flushed, user errors as one line and exit 2, ^C as exit 130."""
-    flush_denormals()
+    flush_denormals_when_torch_loads()
     try:
         main()
     except FrameworkError as err:
@@ -39,7 +83,10 @@ def run_cli(main: Callable[[], Any]) -> None:
         print("interrupted; resume with -r <run directory>/latest.pth", file=sys.stderr)
         sys.exit(130)
     finally:
-        dist.cleanup()
+        if "torch" in sys.modules:  # without torch there is no process group to leave
+            from utils import dist
+
+            dist.cleanup()
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

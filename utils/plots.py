@@ -7,17 +7,27 @@ TensorBoard.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+if TYPE_CHECKING:
+    import torch
 
-from model.metric import CalibrationError, ShotAccuracy  # noqa: E402
+
+@functools.cache  # the backend is chosen once, as the module-level import did
+def _pyplot():
+    """matplotlib.pyplot with the Agg backend, imported on the first figure: matplotlib takes about half a second
+    to import, and the scripts that import this module draw only at the end of a run (or never)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def reliability_diagram(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torch.Tensor,
@@ -38,7 +48,7 @@ def reliability_diagram(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum
     gaps = np.abs(accuracy - confidence)[filled]
     ece = 100 * float((count[filled] / count.sum() * gaps).sum()) if filled.any() else 0.0
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), height_ratios=[3, 1], sharex=True)
+    fig, (top, bottom) = _pyplot().subplots(2, 1, figsize=(4.5, 5.5), height_ratios=[3, 1], sharex=True)
     width = 1 / n_bins
     top.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", color="#4c72b0", label="accuracy")
     top.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width,
@@ -64,7 +74,7 @@ def accuracy_vs_frequency(correct: torch.Tensor, total: torch.Tensor, cls_num_li
     correct, total = np.asarray(correct.cpu(), dtype=float), np.asarray(total.cpu(), dtype=float)
     accuracy = np.divide(correct, total, out=np.full_like(total, np.nan), where=total > 0) * 100
     order = np.argsort(-np.asarray(cls_num_list), kind="stable")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.5))
     positions = np.arange(len(order))
     ax.bar(positions, accuracy[order], width=0.8, color="#4c72b0", edgecolor="none", zorder=3)
     ax.set(xlabel="classes, most to least frequent in training", ylabel="test accuracy (%)", ylim=(0, 100),
@@ -90,6 +100,8 @@ def metric_figures(metrics, cls_num_list: Sequence[int], title: str = "") -> dic
     """Tag -> figure for the reliability diagram (from a CalibrationError) and the per-class accuracy plot
     (from a ShotAccuracy) among ``metrics``, drawn from their accumulated states; metrics with no data
     give no figure."""
+    from model.metric import CalibrationError, ShotAccuracy
+
     figures = {}
     for metric in metrics:
         if isinstance(metric, CalibrationError) and float(metric.state["count"].sum()) > 0:
@@ -109,7 +121,7 @@ def spectrum_figure(noisy, denoised, reference=None, ppm=None, title: str = ""):
     """
     noisy, denoised = np.asarray(noisy, dtype=float), np.asarray(denoised, dtype=float)
     x = np.asarray(ppm, dtype=float) if ppm is not None else np.arange(len(noisy))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, height_ratios=[3, 1])
+    fig, (top, bottom) = _pyplot().subplots(2, 1, figsize=(10, 5.5), sharex=True, height_ratios=[3, 1])
     top.plot(x, noisy, color="0.7", lw=0.6, label="input (level 0)")
     if reference is not None:
         top.plot(x, np.asarray(reference, dtype=float), color="k", lw=0.8, label="reference")
@@ -130,5 +142,5 @@ def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

@@ -5,10 +5,15 @@ One instance per kind of component (``MODELS``, ``DATA_LOADERS``, ...). A compon
 object with the config ``args`` plus the values the framework supplies at run time (the model's
 parameters for an optimizer, the class counts for a loss, ...). Before calling it checks the args
 against the signature, so a typo is reported with the valid names instead of a bare ``TypeError``.
+
+The framework's registries fill themselves: their first look-up imports :data:`BUILTIN_MODULES` (torch,
+torchvision, ...: seconds). Importing this module imports none of that, so a command can check its arguments
+and a config's names (``utils.registry_index`` reads them from the sources) before paying for it.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import types
 import typing
@@ -16,6 +21,37 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from utils.errors import ConfigError, format_path
+
+# The modules whose import registers the framework's own components, in the order parse_config imported them.
+# utils/registry_index.py reads the same modules' sources; tests/test_registry_index.py keeps the two equal.
+BUILTIN_MODULES = ("data_loader", "model", "trainer", "utils.optim")
+_builtins_state = "unloaded"  # "loading" while the imports run (their registrations must not start them again)
+
+
+def load_builtins() -> None:
+    """Import :data:`BUILTIN_MODULES` once, registering the built-in components (imports torch: seconds).
+
+    The framework's registries call this on their first look-up, so code that only registers (a plugin) or only
+    checks names from the sources never pays for it, and code that looks a name up always sees every built-in.
+    A plugin must be imported after this, so that a name it takes twice is reported as the plugin's
+    (``parse_config.import_plugins`` does).
+    """
+    global _builtins_state
+    if _builtins_state != "unloaded":
+        return
+    _builtins_state = "loading"
+    try:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+    except BaseException:
+        _builtins_state = "unloaded"  # the next look-up raises the same import error instead of missing names
+        raise
+    _builtins_state = "loaded"
+
+
+def builtins_loaded() -> bool:
+    """Whether :func:`load_builtins` has run: then the registries hold everything and answer at once."""
+    return _builtins_state == "loaded"
 
 
 class Registry:
@@ -25,13 +61,19 @@ class Registry:
         name: the registry's name as shown in messages (``MODELS``).
         kind: what one entry is, in the singular, for messages ("model").
         contract: how entries are called; shown by ``train.py --list``.
+        builtin: one of the framework's registries below, filled by :func:`load_builtins` on first look-up.
     """
 
-    def __init__(self, name: str, kind: str, contract: str = ""):
+    def __init__(self, name: str, kind: str, contract: str = "", builtin: bool = False):
         self.name = name
         self.kind = kind
         self.contract = contract
         self._entries: dict[str, Callable] = {}
+        self._builtin = builtin  # the framework's own registries: filled by load_builtins() on first look-up
+
+    def _complete(self) -> None:
+        if self._builtin:
+            load_builtins()
 
     def register(self, obj: Callable | None = None, *, name: str | None = None):
         """Register ``obj`` under ``name`` (default: its ``__name__``). Usable as ``@R.register()``."""
@@ -51,34 +93,51 @@ class Registry:
         return add if obj is None else add(obj)
 
     def __contains__(self, name: object) -> bool:
+        self._complete()
         return name in self._entries
 
     def __iter__(self):
+        self._complete()
         return iter(sorted(self._entries))
 
     def __len__(self) -> int:
+        self._complete()
         return len(self._entries)
 
     def names(self) -> list[str]:
+        self._complete()
+        return sorted(self._entries)
+
+    def names_so_far(self) -> list[str]:
+        """The names registered until now, without importing the built-ins: the config check adds those a script
+        registered itself (``@LOSSES.register()`` before building a config) to the names the sources register."""
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, Callable]]:
+        self._complete()
         return sorted(self._entries.items())
 
     def get(self, name: Any, where: Iterable = ()) -> Callable:
         """Return the entry called ``name``; ``where`` is the key path of the ``type`` field, for messages."""
         where = tuple(where)
-        if isinstance(name, str) and name in self._entries:
+        if isinstance(name, str) and name in self:
             return self._entries[name]
+        raise self.unknown(name, where)
+
+    def unknown(self, name: Any, where: Iterable = (), names: Iterable[str] | None = None) -> ConfigError:
+        """The error for a ``type`` that names no entry (or is no string). ``names`` replaces the entries' names:
+        the config check reads them from the sources (``utils.registry_index``) before anything is imported."""
+        names = self.names() if names is None else sorted(names)
+        where = tuple(where)
         loc = format_path(where) + ": " if where else ""
         if not isinstance(name, str):
-            raise ConfigError(f"{loc}the {self.kind} type must be a string naming a registered {self.kind}, "
-                              f"got {name!r}. Registered in {self.name}: {', '.join(self.names())}")
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            return ConfigError(f"{loc}the {self.kind} type must be a string naming a registered {self.kind}, "
+                               f"got {name!r}. Registered in {self.name}: {', '.join(names)}")
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(
+        return ConfigError(
             f"{loc}unknown {self.kind} '{name}' in registry {self.name}.{hint} "
-            f"Registered in {self.name}: {', '.join(self.names()) or '(none)'}. "
+            f"Registered in {self.name}: {', '.join(names) or '(none)'}. "
             "A class of your own must be registered with "
             f"@{self.name}.register() in a module listed under \"plugins\"."
         )
@@ -179,6 +238,8 @@ class Registry:
         return rows
 
     def __repr__(self) -> str:
+        if self._builtin and _builtins_state != "loaded":  # a repr (a debugger, a log line) imports nothing
+            return f"Registry({self.name!r}, built-in entries not loaded yet)"
         return f"Registry({self.name!r}, {len(self)} entries: {', '.join(self.names())})"
 
 
@@ -371,22 +432,24 @@ def _expects(hint: Any) -> str | None:
     return None
 
 
-MODELS = Registry("MODELS", "model", "called as cls(**args[, num_classes]); returns an nn.Module")
+MODELS = Registry("MODELS", "model", "called as cls(**args[, num_classes]); returns an nn.Module", builtin=True)
 DATA_LOADERS = Registry("DATA_LOADERS", "data loader",
                         "called as cls(**args, training=bool); returns an iterable of batches with "
-                        "split_validation()")
+                        "split_validation()", builtin=True)
 LOSSES = Registry("LOSSES", "loss", "called as cls(**args[, cls_num_list]); returns a callable "
-                  "(output, target) -> scalar tensor")
+                  "(output, target) -> scalar tensor", builtin=True)
 METRICS = Registry("METRICS", "metric", "called as cls(**args[, cls_num_list, num_classes]); returns a "
-                   "Metric with reset/update/compute")
-TRAINERS = Registry("TRAINERS", "trainer", "called as cls(config=ConfigParser, **args); a BaseTrainer subclass")
-OPTIMIZERS = Registry("OPTIMIZERS", "optimizer", "called as cls(params, **args); a torch.optim.Optimizer")
+                   "Metric with reset/update/compute", builtin=True)
+TRAINERS = Registry("TRAINERS", "trainer", "called as cls(config=ConfigParser, **args); a BaseTrainer subclass",
+                    builtin=True)
+OPTIMIZERS = Registry("OPTIMIZERS", "optimizer", "called as cls(params, **args); a torch.optim.Optimizer",
+                      builtin=True)
 SCHEDULERS = Registry("SCHEDULERS", "learning-rate scheduler",
-                      "called as cls(optimizer, **args[, total_epochs]); stepped once per epoch")
+                      "called as cls(optimizer, **args[, total_epochs]); stepped once per epoch", builtin=True)
 
 SAMPLERS = Registry("SAMPLERS", "sampler",
                     "called as cls(targets, **args); a torch Sampler of dataset indices with set_epoch(epoch), "
-                    "sharded per rank under DDP")
+                    "sharded per rank under DDP", builtin=True)
 
 REGISTRIES = {"models": MODELS, "data_loaders": DATA_LOADERS, "losses": LOSSES, "metrics": METRICS,
               "trainers": TRAINERS, "optimizers": OPTIMIZERS, "schedulers": SCHEDULERS, "samplers": SAMPLERS}

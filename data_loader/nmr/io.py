@@ -54,12 +54,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nmrglue as ng
 import numpy as np
 
 from utils.errors import DataError
 from utils.parsing import ascii_int
 from utils.safe_paths import check_name
+
+# nmrglue is imported by the functions that read or process raw instrument data, not here: with the SciPy it
+# imports it costs about a second at every start-up, and most commands never read such data
 
 NPZ_KEYS = ("spectra", "ppm", "clean")
 FORMATS = ("bruker", "bruker_pdata", "varian", "pipe", "npy")
@@ -380,6 +382,8 @@ def process_fid(fid, sw_hz: float, size: int | None = None, lb_hz: float = 0.0, 
     automatic phasing started from ``p0``/``p1`` (per spectrum). A line ``exp(+2 pi i f t)`` lands at ``+f`` Hz
     above the carrier. Bruker digital-filter removal is the reader's job and must happen before this.
     """
+    import nmrglue as ng
+
     fid = np.asarray(fid)
     if fid.dtype.kind != "c":
         raise DataError(f"process_fid needs a complex (quadrature) FID, got dtype {fid.dtype}; real-only "
@@ -455,6 +459,8 @@ _BRUKER_UDIC_KEYS = {"sw": "sw (acqus SW_h, or procs SW_p)", "obs": "obs (procs 
 
 def _ppm_from_udic(udic: dict, where: str) -> np.ndarray:
     """ppm axis of the last dimension of an nmrglue universal dictionary (of a Bruker file), values checked."""
+    import nmrglue as ng
+
     axis = udic[udic["ndim"] - 1]
     for key, positive in (("sw", True), ("obs", True), ("car", False)):
         _header_value(axis.get(key), _BRUKER_UDIC_KEYS[key], where, positive)
@@ -487,6 +493,8 @@ def _one_dimensional(data: np.ndarray, where: str) -> np.ndarray:
 
 def _read_bruker(path: Path, where: str, options: dict):
     """Bruker experiment directory: raw FID, digital filter removed, processed with process_fid."""
+    import nmrglue as ng
+
     dic, data = ng.bruker.read(str(path))
     data = _one_dimensional(data, where)
     acqus = dic.get("acqus", {})
@@ -503,6 +511,8 @@ def _read_bruker(path: Path, where: str, options: dict):
 
 def _read_bruker_pdata(path: Path, where: str, options: dict):
     """Bruker ``pdata/N`` directory: the real ``1r`` spectrum as processed (processing options do not apply)."""
+    import nmrglue as ng
+
     dic, data = ng.bruker.read_pdata(str(path))
     data = _one_dimensional(data, where)
     udic = _guess_udic(ng.bruker, dic, data, where, strip_fake=True)
@@ -521,6 +531,8 @@ def _procpar_float(procpar: dict, key: str, where: str, positive: bool = False) 
 
 def _read_varian(path: Path, where: str, options: dict):
     """Varian/Agilent directory with ``fid`` + ``procpar``; referencing from sw, sfrq, rfl, rfp."""
+    import nmrglue as ng
+
     dic, data = ng.varian.read(str(path))
     data = _one_dimensional(data, where)
     procpar = dic["procpar"]
@@ -534,6 +546,8 @@ def _read_varian(path: Path, where: str, options: dict):
 
 def _pipe_remove_dmx(dic: dict, data: np.ndarray) -> np.ndarray:
     """Apply NMRPipe's pending digital-oversampling (DMX) correction, which its FT would apply (flag on/auto)."""
+    import nmrglue as ng
+
     delay = float(dic.get("FDDMXVAL", 0.0))
     if delay > 0 and dic.get("FDDMXFLAG", 0.0) >= 0:
         return ng.bruker.rm_dig_filter(data, 0, 0, delay, truncate_grpdly=False)
@@ -542,6 +556,8 @@ def _pipe_remove_dmx(dic: dict, data: np.ndarray) -> np.ndarray:
 
 def _read_pipe(path: Path, where: str, options: dict):
     """NMRPipe 1D file: time-domain data is processed, frequency-domain data gives its real part."""
+    import nmrglue as ng
+
     dic, data = ng.pipe.read(str(path))
     if int(dic["FDDIMCOUNT"]) != 1:
         raise DataError(f"{where}: NMRPipe file has {int(dic['FDDIMCOUNT'])} dimensions; only 1D is supported")

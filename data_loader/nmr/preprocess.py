@@ -11,13 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.signal import savgol_coeffs
+
+# scipy.signal is imported where savgol_coeffs is used: importing it takes about a second, and only the NMR paths
+# smooth spectra
 
 MAD_TO_SIGMA = 1.4826  # sigma = 1.4826 * MAD for Gaussian noise
 
 
 def savgol_smooth(spectra: torch.Tensor, window: int = 11, order: int = 3) -> torch.Tensor:
     """Savitzky-Golay smoothing along the last axis (reflect padding), ``(B, L) -> (B, L)``."""
+    from scipy.signal import savgol_coeffs
+
     if window % 2 == 0 or window <= order:
         raise ValueError(f"window must be odd and larger than order, got window {window}, order {order}")
     half, length = window // 2, spectra.shape[-1]
@@ -257,6 +261,8 @@ def peak_mask_from(spectra: torch.Tensor, median: torch.Tensor, mad: torch.Tenso
 @functools.lru_cache(maxsize=8)
 def _savgol_gain(window: int, order: int) -> float:
     """How much a Savitzky-Golay filter keeps of white noise's standard deviation (the norm of its taps)."""
+    from scipy.signal import savgol_coeffs
+
     return float(np.sqrt(np.sum(savgol_coeffs(window, order) ** 2)))
 
 
