@@ -21,7 +21,7 @@ import copy
 
 from data_loader.test_agnostic import format_split_report
 from model.metric import describe_shot_groups
-from parse_config import ConfigParser, apply_override, checkpoint_plugins, deep_merge, load_json
+from parse_config import ConfigParser, apply_override, checkpoint_plugins, deep_merge, load_json, resolve_threads
 from test_all import format_table, shot_settings
 from train import build_trainer, with_data_dir
 from utils.checkpoint import load_checkpoint
@@ -72,7 +72,11 @@ def main(argv=None) -> None:
     if args.plugins:
         config_dict["plugins"] = list(config_dict.get("plugins", [])) + [
             p for p in args.plugins if p not in config_dict.get("plugins", [])]
+    threads_note = resolve_threads(config_dict, args.threads)  # --threads, else the checkpoint's count
     config = ConfigParser(config_dict, source=f"{args.resume} + {args.config}")
+    if threads_note and is_main_process():
+        print(threads_note)
+    config.apply_threads()
     config = with_data_dir(config, args.data_dir, "test_training.py", required=True)
     trainer = build_trainer(config)
     trainer.load_weights(args.resume)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
 import json
 
@@ -69,7 +70,9 @@ def list_registered(kind: str) -> str:
     key = kind.lower().rstrip("s") if kind != "all" else "all"
     chosen = {name: reg for name, reg in REGISTRIES.items() if kind == "all" or name.rstrip("s") == key}
     if not chosen:
-        raise ConfigError(f"--list {kind}: unknown kind; choose from {', '.join(REGISTRIES)}")
+        close = difflib.get_close_matches(kind.lower(), list(REGISTRIES), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"--list {kind}: unknown kind.{hint} Choose from {', '.join(REGISTRIES)}")
     lines = []
     for name, registry in chosen.items():
         lines.append(f"{name} ({registry.name}: {registry.contract})")
