@@ -428,10 +428,6 @@ def _json_type(value: Any) -> str:
 
 def _rescale_for_cli(config: dict, epochs: int, args: argparse.Namespace, source: str) -> None:
     """``--epochs N``: rescale ``config``'s schedule in place and print what changed (rank 0)."""
-    if args.resume:
-        raise ConfigError(f"--epochs {epochs}: a resumed run keeps its checkpoint's schedule (the scheduler state "
-                          "holds its milestones); to train it to another epoch count use --set "
-                          f"trainer.args.epochs={epochs}")
     if any(a.split("=", 1)[0].strip() == "trainer.args.epochs" for a in args.overrides):
         raise ConfigError(f"--epochs {epochs} and --set trainer.args.epochs both set the epoch count; give only "
                           "--epochs (it rescales the schedule with it)")
@@ -588,6 +584,10 @@ class ConfigParser:
             raise ConfigError("give a config with -c CONFIG.json, or a checkpoint to resume with -r CKPT.pth")
         source = args.config or str(args.resume)
         resume_epoch = None
+        if args.resume and getattr(args, "epochs", None) is not None:  # before reading the checkpoint
+            raise ConfigError(f"--epochs {args.epochs}: a resumed run keeps its checkpoint's schedule (the scheduler "
+                              "state holds its milestones); to train it to another epoch count use --set "
+                              f"trainer.args.epochs={args.epochs}")
         if args.resume:
             checkpoint = load_checkpoint(args.resume, require=("config",))
             config = checkpoint["config"]
