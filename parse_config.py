@@ -330,7 +330,7 @@ def apply_override(config: dict, assignment: str) -> tuple | None:
     refused.
     """
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set trainer.args.epochs=3")
+        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set optimizer.args.lr=0.05")
     key_path, raw = assignment.split("=", 1)
     keys: list[Any] = [k for k in key_path.strip().split(".")]
     if not key_path.strip() or any(k == "" for k in keys):
@@ -560,7 +560,7 @@ class ConfigParser:
         parser.add_argument("-r", "--resume", help="checkpoint (.pth) to resume from / evaluate")
         parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config value, e.g. --set trainer.args.epochs=3 (repeatable)")
+                            help="override a config value, e.g. --set optimizer.args.lr=0.05 (repeatable)")
         parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                             help="import MODULE before building (registers user plugins; repeatable)")
         parser.add_argument("--threads", type=int, metavar="N",

@@ -1,6 +1,6 @@
 """Train a model described by a JSON config.
 
-    python train.py -c configs/quickstart_digits_lt.json [--set trainer.args.epochs=3] [--run-id ID]
+    python train.py -c configs/quickstart_digits_lt.json [--epochs 3] [--threads 1] [--run-id ID]
     python train.py -r saved/models/<name>/<run_id>/latest.pth        # resume the same run
     torchrun --nproc_per_node 2 train.py -c CONFIG                      # DistributedDataParallel
     python train.py --list [models|data_loaders|losses|metrics|trainers|optimizers|schedulers]
