@@ -151,8 +151,9 @@ def test_milestones_past_the_last_epoch_are_refused_with_the_fix():
         parse(["-c", str(QUICKSTART), "--set", "trainer.args.epochs=15"])
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith(f'{QUICKSTART}: config["trainer"]["args"]["epochs"] is 15, but '
-                              'config["lr_scheduler"]["args"]["milestones"] [45, 55] has 45, 55 >= 15')
+    assert message.startswith(f'{QUICKSTART}: config["trainer"]["args"]["epochs"]: a run of 15 epochs does not reach '
+                              'the whole schedule: config["lr_scheduler"]["args"]["milestones"]: [45, 55] has 45, 55 '
+                              '>= 15')
     assert "those decays never happen" in message and "--epochs 15" in message
 
 
@@ -170,17 +171,17 @@ def test_nmr_constraints_are_reported_together_not_one_at_a_time():
     with pytest.raises(ConfigError) as info:
         parse(["-c", str(NMR), "--set", "trainer.args.epochs=1"])
     message = str(info.value)
-    assert 'config["trainer"]["args"]["phase_a_epochs"] is 6, longer than the run' in message
-    assert 'config["lr_scheduler"]["args"]["warmup_epochs"] is 1, not below the 1 epochs' in message
+    assert 'config["trainer"]["args"]["phase_a_epochs"]: 6 is longer than the run' in message
+    assert 'config["lr_scheduler"]["args"]["warmup_epochs"]: 1 is not below the decay\'s 1 epoch' in message
     assert "--epochs 1" in message and "\n" not in message
-    with pytest.raises(ConfigError, match=re.escape('config["trainer"]["args"]["phase_a_epochs"] is 6')):
+    with pytest.raises(ConfigError, match=re.escape('config["trainer"]["args"]["phase_a_epochs"]: 6 is longer')):
         parse(["-c", str(NMR), "--set", "trainer.args.epochs=3"])
 
 
 def test_a_default_warm_up_longer_than_the_run_is_named(tiny_config):
     del tiny_config["lr_scheduler"]["args"]["warmup_epochs"]  # default 5
-    with pytest.raises(ConfigError, match=re.escape('config["lr_scheduler"]["args"]["warmup_epochs"] (default) is 5, '
-                                                    "longer than the run")):
+    with pytest.raises(ConfigError, match=re.escape('config["lr_scheduler"]["args"]["warmup_epochs"]: 5 (the default) '
+                                                    "is longer than the run")):
         ConfigParser(tiny_config)
 
 

@@ -43,6 +43,10 @@ def _half_up(value: float) -> int:
     return math.floor(value + 0.5)
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
 def _dotted(path: tuple) -> str:
     return ".".join(str(k) for k in path)
 
@@ -112,8 +116,8 @@ def schedule_problems(config: Mapping) -> list[str]:
     problems = []
     for name, value, default in _trainer_phase_args(config):
         if value > epochs:
-            problems.append(f"{format_path(('trainer', 'args', name))}{' (default)' if default else ''} is {value}, "
-                            "longer than the run")
+            problems.append(f"{format_path(('trainer', 'args', name))}: {value}{' (the default)' if default else ''} "
+                            "is longer than the run")
     found = _scheduler_args(config)
     if found is None:
         return problems
@@ -124,20 +128,18 @@ def schedule_problems(config: Mapping) -> list[str]:
         late = [m for m in milestones if m >= epochs]
         if late:
             which = "that decay never happens" if len(late) == 1 else "those decays never happen"
-            problems.append(f"{format_path(where + ('milestones',))} {milestones} has {', '.join(map(str, late))} "
+            problems.append(f"{format_path(where + ('milestones',))}: {milestones} has {', '.join(map(str, late))} "
                             f">= {epochs} (milestones are 0-based epoch indices), so {which}")
     warmup, default = values.get("warmup_epochs", (None, False))
     if _is_count(warmup):
-        label = f"{format_path(where + ('warmup_epochs',))}{' (default)' if default else ''}"
+        label = f"{format_path(where + ('warmup_epochs',))}: {warmup}{' (the default)' if default else ''}"
         if "total_epochs" in names:  # warm-up then decay over total_epochs: the warm-up must end before it
             total = values.get("total_epochs", (None, False))[0]
             total = total if _is_count(total) else epochs
             if warmup >= total:
-                problems.append(f"{label} is {warmup}, not below the {total} epochs of the decay, so the warm-up "
-                                "never ends")
+                problems.append(f"{label} is not below the decay's {_epochs(total)}, so the warm-up never ends")
         elif warmup > epochs:
-            problems.append(f"{label} is {warmup}, longer than the run, so the warm-up never reaches the full "
-                            "learning rate")
+            problems.append(f"{label} is longer than the run, so the warm-up never reaches the full learning rate")
     return problems
 
 
@@ -146,8 +148,8 @@ def check_schedule(config: Mapping) -> None:
     problems = schedule_problems(config)
     if problems:
         epochs = trainer_epochs(config)
-        raise ConfigError(f"{format_path(('trainer', 'args', 'epochs'))} is {epochs}, but "
-                          + "; ".join(problems)
+        raise ConfigError(f"{format_path(('trainer', 'args', 'epochs'))}: a run of {_epochs(epochs)} does not reach "
+                          "the whole schedule: " + "; ".join(problems)
                           + f". Give the epoch count as --epochs {epochs} (instead of --set trainer.args.epochs="
                           f"{epochs}) to rescale milestones, warm-up and phase lengths with it, or set these below it")
 
