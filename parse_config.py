@@ -438,8 +438,16 @@ def _rescale_for_cli(config: dict, epochs: int, args: argparse.Namespace, source
         changes = rescale_epochs(config, epochs)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    if dist.is_main_process():
+    if _launch_rank() == 0:
         print(format_changes(epochs, changes))
+
+
+def _launch_rank() -> int:
+    """This process's rank under torchrun, known before the process group exists (the config is read first)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _override_hint(message: str, config: dict, created: list[tuple[str, tuple]]) -> str:
@@ -632,7 +640,7 @@ class ConfigParser:
                          resume_epoch=resume_epoch)
         except ConfigError as err:
             raise ConfigError(f"{err}{_override_hint(str(err), config, created)}") from None
-        if note and dist.is_main_process():
+        if note and _launch_rank() == 0:
             print(note)
         parsed.apply_threads()
         return parsed
