@@ -40,14 +40,18 @@ from utils.registry import (
     SCHEDULERS,
     TRAINERS,
     Registry,
+    _parameters,
     builtins_loaded,
     load_builtins,
 )
+from utils.schedule import check_schedule, format_changes, rescale_epochs
 
 TOP_LEVEL_KEYS = {
     "name": "run name; runs are saved under <save_dir>/models/<name>/<run_id>/",
     "doc": "free text: what the config is for, which paper values it uses, which defaults it changes",
     "seed": "integer seed for python, numpy and torch",
+    "threads": "CPU threads torch uses (torch.set_num_threads; --threads N); every run records the count it used, "
+               "since results on CPU are reproducible for a given count only",
     "plugins": "list of modules imported before building, e.g. [\"my_pkg.my_models\"]",
     "init_from": "checkpoint whose model weights initialise this (new) run, e.g. LNR stage 2 from stage 1",
     "arch": "the model", "data_loader": "the data", "loss": "the training loss",
@@ -70,6 +74,7 @@ METRIC_SUPPLIED = frozenset({"cls_num_list", "num_classes"})
 RUNTIME_ONLY = frozenset({"training", "params", "optimizer", "config"})
 
 MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
 MAX_LR = 100.0
 # (key path, low, high, high included, what the value is): numbers outside are refused before anything is built or
 # written. A value of another type is left to the registry's type check. "*" matches every index of a list.
@@ -172,15 +177,24 @@ def _check_finite(value: Any, where: tuple = ()) -> None:
             _check_finite(child, where + (index,))
 
 
-def validate_config(config: Any) -> None:
-    """Check every section of ``config``; raise ConfigError naming the first wrong key path."""
+def validate_config(config: Any, schedule: bool = True) -> None:
+    """Check every section of ``config``; raise ConfigError naming the first wrong key path.
+
+    With ``schedule`` (a new training run), epoch-denominated values the run never reaches (a milestone past the
+    last epoch, a warm-up or phase longer than the run) are refused too, all of them in one message (see
+    utils/schedule.py); a resumed run keeps its checkpoint's schedule and an evaluation has none.
+    """
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a JSON object, got {type(config).__name__}")
     _check_finite(config)
     for key in config:
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(key, list(TOP_LEVEL_KEYS), n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            if close:
+                hint = f" Did you mean '{close[0]}'?"
+            else:  # a component's argument put at the top (--set epochs=3): name where that key lives
+                elsewhere = [p for p in key_paths(config) if p.endswith(f".{key}")]
+                hint = f" Did you mean {' or '.join(elsewhere[:3])}?" if elsewhere else ""
             raise ConfigError(f"{format_path((key,))}: unknown top-level key.{hint} "
                               f"Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     for key in REQUIRED_KEYS:
@@ -200,6 +214,11 @@ def validate_config(config: Any) -> None:
     init_from = config.get("init_from")
     if init_from is not None and (not isinstance(init_from, str) or not init_from):
         raise ConfigError(f'{format_path(("init_from",))}: must be a checkpoint path or null, got {init_from!r}')
+    threads = config.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f'{format_path(("threads",))}: must be a whole number of CPU threads from 1 to '
+                          f"{MAX_THREADS} (or null: torch's default), got {threads!r}; e.g. --threads 1")
     if config.get("plugins", []) == []:  # a plugin may register more names: then only the registries know them
         check_names_from_sources(config)
     import_plugins(config.get("plugins", []))
@@ -216,6 +235,8 @@ def validate_config(config: Any) -> None:
         raise ConfigError(f'{format_path(("optimizer",))}: missing; config["lr_scheduler"] needs an optimizer to '
                           "schedule (add an \"optimizer\" section or remove \"lr_scheduler\")")
     check_ranges(config)
+    if schedule:
+        check_schedule(config)
 
 
 def check_names_from_sources(config: dict) -> None:
@@ -265,14 +286,80 @@ def check_ranges(config: dict) -> None:
                 raise ConfigError(f"{format_path(path)}: {value!r} is out of range; {what} must be in {interval}")
 
 
-def apply_override(config: dict, assignment: str) -> None:
-    """Apply one ``--set a.b.c=VALUE`` in place. VALUE is parsed as JSON, else kept as a string."""
+def key_paths(config: Any, prefix: tuple = ()) -> list[str]:
+    """Every key path of ``config`` in ``--set`` form (``trainer.args.epochs``, ``metrics.0.type``), depth first."""
+    out = []
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        path = prefix + (key,)
+        out.append(".".join(map(str, path)))
+        out.extend(key_paths(value, path))
+    return out
+
+
+def settable_paths(config: Mapping) -> list[str]:
+    """The key paths of ``config`` and the arguments its components accept but do not set (``trainer.args.amp``):
+    what a ``--set`` may name."""
+    paths = key_paths(config)
+    specs = [((section,), config.get(section), COMPONENTS[section][0]) for section in COMPONENTS]
+    metrics = config.get("metrics")
+    if isinstance(metrics, list):
+        specs += [(("metrics", i), spec, METRICS) for i, spec in enumerate(metrics)]
+    for where, spec, registry in specs:
+        if isinstance(spec, Mapping) and isinstance(spec.get("type"), str) and spec["type"] in registry:
+            params = _parameters(registry.get(spec["type"])) or {}
+            prefix = ".".join(map(str, where + ("args",)))
+            paths += [f"{prefix}.{name}" for name, (p, _) in params.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in RUNTIME_ONLY]
+    paths += [key for key in TOP_LEVEL_KEYS if key not in config]
+    return list(dict.fromkeys(paths))
+
+
+def suggest_paths(config: Mapping, key_path: str, n: int = 3, exclude: str | None = None) -> list[str]:
+    """Key paths of ``config`` that ``key_path`` (which it does not have) may have meant: those ending in the same
+    key (``epochs`` -> ``trainer.args.epochs``), then those whose last key or whole path is a close match. Paths at
+    or below ``exclude`` (what a ``--set`` added) are left out."""
+    exclude = exclude or key_path
+    candidates = [p for p in settable_paths(config) if p != exclude and not p.startswith(exclude + ".")]
+    leaf = key_path.rsplit(".", 1)[-1]
+    leaves = {p.rsplit(".", 1)[-1] for p in candidates}
+    close_leaves = set(difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.75))
+    found = [p for p in candidates if p.rsplit(".", 1)[-1] == leaf]
+    found += [p for p in candidates if p.rsplit(".", 1)[-1] in close_leaves]
+    if not found:  # no key of that name or close to it: a close whole path (a misspelt section)
+        found = difflib.get_close_matches(key_path, candidates, n=n, cutoff=0.75)
+    return list(dict.fromkeys(found))[:n]
+
+
+def _created_path(config: Any, keys: list[str]) -> tuple | None:
+    """The first prefix of ``keys`` that ``config`` does not have (a ``--set`` that adds a key), else None."""
+    node = config
+    for i, key in enumerate(keys):
+        if isinstance(node, dict):
+            if key not in node:
+                return tuple(keys[:i + 1])
+            node = node[key]
+        elif isinstance(node, list) and key.lstrip("-").isdigit() and -len(node) <= int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return None
+    return None
+
+
+def apply_override(config: dict, assignment: str) -> tuple | None:
+    """Apply one ``--set a.b.c=VALUE`` in place. VALUE is parsed as JSON, else kept as a string.
+
+    Returns the key path the assignment added to the config (its first key the config did not have), or None when
+    it replaced an existing value; :meth:`ConfigParser.from_args` names close existing keys when that new key is
+    refused.
+    """
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set trainer.args.epochs=3")
+        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set optimizer.args.lr=0.05")
     key_path, raw = assignment.split("=", 1)
     keys: list[Any] = [k for k in key_path.strip().split(".")]
     if not key_path.strip() or any(k == "" for k in keys):
         raise ConfigError(f"--set {assignment!r}: empty key in '{key_path}'")
+    created = _created_path(config, keys)
     try:
         value = safe_json.loads(raw, f"--set {key_path}")
     except ConfigError as err:
@@ -298,6 +385,7 @@ def apply_override(config: dict, assignment: str) -> None:
                 node[key] = {}
             node = node[key]
         walked.append(key)
+    return created
 
 
 def deep_merge(base: dict, update: Mapping) -> dict:
@@ -314,6 +402,10 @@ def deep_merge(base: dict, update: Mapping) -> dict:
 def load_json(path: str | Path) -> dict:
     """Read a JSON config (a JSON object); syntax errors name the file, line and column, and duplicated keys,
     NaN/Infinity and nesting deeper than ``safe_json.MAX_DEPTH`` are refused (see utils/safe_json.py)."""
+    if not os.path.lexists(path):
+        close = close_config_files(path)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"config file {path} does not exist{hint}")
     config = safe_json.load(path, what="config file")
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: a config must be a JSON object {{\"name\": ..., \"arch\": ..., ...}}, got a JSON "
@@ -321,9 +413,123 @@ def load_json(path: str | Path) -> dict:
     return config
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user would type it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def close_config_files(path: str | Path, n: int = 3) -> list[str]:
+    """JSON files whose names are close to the missing ``path``'s, in its directory or under configs/, best first
+    (a file in the same directory counts as a little closer; the same name elsewhere under configs/ beats both)."""
+    path = Path(path)
+    scored: dict[str, float] = {}
+    for files, show, bonus in ((path.parent.glob("*.json"), str, 0.15), (CONFIGS.rglob("*.json"), _shown, 0.0)):
+        try:
+            files = sorted(files)
+        except OSError:  # an unreadable directory: nothing to suggest from it
+            continue
+        for f in files:
+            score = difflib.SequenceMatcher(None, path.stem, f.stem).ratio() + bonus
+            if score >= 0.6:
+                scored.setdefault(show(f), score)
+    if not scored:
+        return []
+    best = max(scored.values())
+    ranked = sorted(scored, key=lambda shown: -scored[shown])
+    return [shown for shown in ranked if scored[shown] >= best - 0.1][:n]
+
+
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number")
+
+
+def _rescale_for_cli(config: dict, epochs: int, args: argparse.Namespace, source: str) -> None:
+    """``--epochs N``: rescale ``config``'s schedule in place and print what changed (rank 0)."""
+    if any(a.split("=", 1)[0].strip() == "trainer.args.epochs" for a in args.overrides):
+        raise ConfigError(f"--epochs {epochs} and --set trainer.args.epochs both set the epoch count; give only "
+                          "--epochs (it rescales the schedule with it)")
+    plugins = config.get("plugins") or []
+    if isinstance(plugins, list):  # a plugin trainer or scheduler declares its own epoch arguments
+        import_plugins([p for p in plugins + list(args.plugins) if isinstance(p, str)])
+    try:
+        changes = rescale_epochs(config, epochs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    if launch_rank() == 0:
+        print(format_changes(epochs, changes))
+
+
+def launch_rank() -> int:
+    """This process's rank under torchrun, known before the process group exists (the config is read first)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _override_hint(message: str, config: dict, created: list[tuple[str, tuple]]) -> str:
+    """For a refused config: the key paths a ``--set`` that added a key the error names may have meant (paths of
+    ``config`` outside what the ``--set`` added)."""
+    for key_path, path in created:
+        named = format_path(path) in message or (  # or the parent names the new key: unknown key(s) ['argz']
+            len(path) > 1 and f"{format_path(path[:-1])}:" in message and f"'{path[-1]}'" in message)
+        if not named:
+            continue
+        close = [p for p in suggest_paths(config, key_path, exclude=".".join(map(str, path))) if p not in message]
+        if close:
+            return f" (--set {key_path} added a key the config did not have; did you mean {' or '.join(close)}?)"
+    return ""
+
+
+def resolve_threads(config: dict, requested: int | None = None) -> str | None:
+    """Set ``config["threads"]`` to the CPU thread count this process will use, so that the run records it.
+
+    ``requested`` (``--threads``) wins; else the config's count, lowered to the CPUs this process may use when it
+    asks for more (a checkpoint written on a larger machine: oversubscribed threads are many times slower); else
+    torch's current count (recorded by :meth:`ConfigParser.apply_threads`, after validation, so that a bad config is
+    refused before torch is imported). Returns a line to print when it lowered the count. A count of the wrong type
+    is left for validation to refuse.
+    """
+    if requested is not None:
+        config["threads"] = requested
+        return None
+    wanted = config.get("threads")
+    if wanted is None:   # torch's count, recorded by ConfigParser.apply_threads once the config is valid
+        return None
+    available = available_cpus()
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > available:
+        config["threads"] = available
+        return (f"threads: the config asks for {wanted} CPU threads but this process may use {available} CPUs; "
+                f"using {available} (results on CPU can differ slightly from a {wanted}-thread run: --threads "
+                f"{wanted} keeps that count)")
+    return None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def apply_threads(count: int) -> None:
+    """``torch.set_num_threads(count)``, and the inter-op pool to the same count where torch still allows it (only
+    before its first inter-op parallel work)."""
+    import torch
+
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    with contextlib.suppress(RuntimeError):
+        if torch.get_num_interop_threads() != count:
+            torch.set_num_interop_threads(count)
 
 
 class ConfigParser:
@@ -349,7 +555,7 @@ class ConfigParser:
         safe_json.check_depth(config, source)  # before copying: a deep copy of 100,000 levels overflows the stack
         self._config = copy.deepcopy(config)
         try:
-            validate_config(self._config)
+            validate_config(self._config, schedule=resume is None)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
         self.resume = Path(resume) if resume is not None else None
@@ -387,10 +593,16 @@ class ConfigParser:
         parser.add_argument("-r", "--resume", help="checkpoint (.pth) to resume from / evaluate")
         parser.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config value, e.g. --set trainer.args.epochs=3 (repeatable)")
+                            help="override a config value, e.g. --set optimizer.args.lr=0.05 (repeatable)")
         parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                             help="import MODULE before building (registers user plugins; repeatable)")
+        parser.add_argument("--threads", type=int, metavar="N",
+                            help="CPU threads for torch (recorded in the run's config as \"threads\"; default: "
+                                 "the config's, else torch's). Results on CPU are reproducible for a given count")
         if training:
+            parser.add_argument("--epochs", type=int, metavar="N",
+                                help="train N epochs, rescaling milestones, warm-up and phase lengths "
+                                     "proportionally (prints what it set)")
             parser.add_argument("--lr", type=float, help="shortcut for --set optimizer.args.lr=LR")
             parser.add_argument("--bs", type=int, help="shortcut for --set data_loader.args.batch_size=BS")
             parser.add_argument("--seed", type=int, help="shortcut for --set seed=SEED")
@@ -405,6 +617,10 @@ class ConfigParser:
             raise ConfigError("give a config with -c CONFIG.json, or a checkpoint to resume with -r CKPT.pth")
         source = args.config or str(args.resume)
         resume_epoch = None
+        if args.resume and getattr(args, "epochs", None) is not None:  # before reading the checkpoint
+            raise ConfigError(f"--epochs {args.epochs}: a resumed run keeps its checkpoint's schedule (the scheduler "
+                              "state holds its milestones); to train it to another epoch count use --set "
+                              f"trainer.args.epochs={args.epochs}")
         if args.resume:
             from utils.checkpoint import load_checkpoint
             checkpoint = load_checkpoint(args.resume, require=("config",))
@@ -433,13 +649,36 @@ class ConfigParser:
                 apply_override(config, f"{key}={json.dumps(value)}")
         if args.device:
             apply_override(config, f"trainer.args.device={json.dumps(args.device)}")
+        epochs = getattr(args, "epochs", None)
+        if epochs is not None:
+            _rescale_for_cli(config, epochs, args, source)
+        created = []
         for assignment in args.overrides:
-            apply_override(config, assignment)
+            path = apply_override(config, assignment)
+            if path is not None:
+                created.append((assignment.split("=", 1)[0].strip(), path))
         if args.plugins:
             config["plugins"] = list(config.get("plugins", [])) + [p for p in args.plugins
                                                                    if p not in config.get("plugins", [])]
-        return cls(config, source=source, resume=args.resume, run_id=getattr(args, "run_id", None),
-                   resume_epoch=resume_epoch, evaluation=evaluation)
+        note = resolve_threads(config, getattr(args, "threads", None))
+        try:
+            parsed = cls(config, source=source, resume=args.resume, run_id=getattr(args, "run_id", None),
+                         resume_epoch=resume_epoch, evaluation=evaluation)
+        except ConfigError as err:
+            raise ConfigError(f"{err}{_override_hint(str(err), config, created)}") from None
+        if note and launch_rank() == 0:
+            print(note)
+        parsed.apply_threads()
+        return parsed
+
+    def apply_threads(self) -> None:
+        """Make torch use the config's ``threads`` (see :func:`apply_threads`); without one, record torch's count."""
+        if self._config.get("threads") is not None:
+            apply_threads(self._config["threads"])
+        else:
+            import torch
+
+            self._config["threads"] = torch.get_num_threads()
 
     # --- access -----------------------------------------------------------------------------------
     @property

@@ -21,7 +21,15 @@ import copy
 
 # torch (utils.checkpoint, utils.dist), data_loader and model are imported in main() where they are needed, so that
 # -h and argument errors come before they load (seconds)
-from parse_config import ConfigParser, apply_override, checkpoint_plugins, deep_merge, load_json
+from parse_config import (
+    ConfigParser,
+    apply_override,
+    checkpoint_plugins,
+    deep_merge,
+    launch_rank,
+    load_json,
+    resolve_threads,
+)
 from test_all import format_table, shot_settings
 from train import build_trainer, with_data_dir
 from utils.cli import check_output_path, run_cli, write_json
@@ -72,7 +80,11 @@ def main(argv=None) -> None:
     if args.plugins:
         config_dict["plugins"] = list(config_dict.get("plugins", [])) + [
             p for p in args.plugins if p not in config_dict.get("plugins", [])]
+    threads_note = resolve_threads(config_dict, args.threads)  # --threads, else the checkpoint's count
     config = ConfigParser(config_dict, source=f"{args.resume} + {args.config}")
+    if threads_note and launch_rank() == 0:
+        print(threads_note)
+    config.apply_threads()
     config = with_data_dir(config, args.data_dir, "test_training.py", required=True)
     trainer = build_trainer(config)
     trainer.load_weights(args.resume)

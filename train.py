@@ -1,6 +1,6 @@
 """Train a model described by a JSON config.
 
-    python train.py -c configs/quickstart_digits_lt.json [--set trainer.args.epochs=3] [--run-id ID]
+    python train.py -c configs/quickstart_digits_lt.json [--epochs 3] [--threads 1] [--run-id ID]
     python train.py -r saved/models/<name>/<run_id>/latest.pth        # resume the same run
     torchrun --nproc_per_node 2 train.py -c CONFIG                      # DistributedDataParallel
     python train.py --list [models|data_loaders|losses|metrics|trainers|optimizers|schedulers]
@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
 import json
 
@@ -73,7 +74,9 @@ def list_registered(kind: str, plugins: bool = False) -> str:
     key = kind.lower().rstrip("s") if kind != "all" else "all"
     chosen = {name: reg for name, reg in REGISTRIES.items() if kind == "all" or name.rstrip("s") == key}
     if not chosen:
-        raise ConfigError(f"--list {kind}: unknown kind; choose from {', '.join(REGISTRIES)}")
+        close = difflib.get_close_matches(kind.lower(), list(REGISTRIES), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"--list {kind}: unknown kind.{hint} Choose from {', '.join(REGISTRIES)}")
     from utils.registry_index import static_entries
 
     index = None if plugins else static_entries()

@@ -79,6 +79,7 @@ from benchmarks import nmr_reference  # noqa: E402
 from benchmarks.cifar_pipeline import ReferenceCIFAR100LT, write_cifar100  # noqa: E402
 from benchmarks.test_all_speed import measure as measure_test_all  # noqa: E402
 from utils.cli import flush_denormals  # noqa: E402
+from utils.schedule import rescale_epochs  # noqa: E402
 
 HYPER_CONFIG = ROOT / "configs" / "experts" / "cifar100_ir100_hyper.json"
 NMR_LENGTH = 16384
@@ -224,7 +225,8 @@ def training_config(data_dir: Path, device: torch.device, batch_size: int, hyper
     checkpoints; ``hypernet=False`` drops the hypernetwork (SADE's per-expert heads)."""
     config = json.loads(HYPER_CONFIG.read_text())
     config["data_loader"]["args"].update(data_dir=str(data_dir), batch_size=batch_size, validation="none")
-    config["trainer"]["args"].update(device=str(device), tensorboard=False, monitor="off", epochs=1,
+    rescale_epochs(config, 1)  # one epoch, its schedule shortened with it (milestones 160/180 would never be reached)
+    config["trainer"]["args"].update(device=str(device), tensorboard=False, monitor="off",
                                      save_dir=str(data_dir / "saved"), progress_bar=False)
     if not hypernet:
         del config["arch"]["args"]["hypernet"]

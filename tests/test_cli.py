@@ -18,7 +18,7 @@ def cli(*args, cwd):
 @pytest.mark.slow
 def test_quickstart_then_test_py_writes_design_json(tmp_path):
     trained = cli(str(ROOT / "train.py"), "-c", str(ROOT / "configs/quickstart_digits_lt.json"),
-                  "--set", "trainer.args.epochs=3", "--run-id", "cli", cwd=tmp_path)
+                  "--epochs", "3", "--run-id", "cli", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     for word in ("accuracy", "many", "medium", "few", "ece"):
         assert word in trained.stdout
@@ -52,6 +52,17 @@ def test_list_shows_registered_names(tmp_path):
     every = cli(str(ROOT / "train.py"), "--list", cwd=tmp_path)
     for name in ("DigitsLT", "CrossEntropy", "shot_accuracy", "ClassifierTrainer", "SGD", "WarmupMultiStepLR"):
         assert name in every.stdout
+
+
+def test_list_with_a_misspelt_kind_suggests_the_close_one():
+    import train
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--list modles: unknown kind\. Did you mean 'models'\? Choose from "):
+        train.list_registered("modles")
+    with pytest.raises(ConfigError, match=r"^--list xyz: unknown kind\. Choose from "):
+        train.list_registered("xyz")
+    assert "ResNet32" in train.list_registered("model")
 
 
 def test_entry_points_flush_denormals_in_every_intra_op_thread(tmp_path):

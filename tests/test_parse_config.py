@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -327,3 +328,105 @@ def test_one_run_directory_has_one_training_process(tiny_config, tmp_path):
     second = ConfigParser(tiny_config, resume=latest)
     second.prepare_run_dirs()
     second.release_run_dir()
+
+
+# --- --threads (issue 17.3): the count is applied and recorded ------------------------------------------------------
+@pytest.fixture
+def torch_threads():
+    """Restore torch's thread count after a test that changes it (one thread left behind slows and changes the
+    numerics of every later test in the process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_option_is_applied_and_recorded(tiny_config, tmp_path, torch_threads):
+    import torch
+
+    config = parse(["-c", str(write(tmp_path, tiny_config)), "--threads", "1"])
+    assert config["threads"] == 1 and torch.get_num_threads() == 1
+    config.prepare_run_dirs()
+    assert json.loads((config.model_dir / "config.json").read_text())["threads"] == 1
+    config.release_run_dir()
+
+
+def test_without_threads_the_count_in_use_is_recorded(tiny_config, tmp_path, torch_threads):
+    import torch
+
+    torch.set_num_threads(1)
+    assert parse(["-c", str(write(tmp_path, tiny_config))])["threads"] == 1
+
+
+def test_the_config_count_is_used_and_lowered_to_the_cpus_available(tiny_config, tmp_path, torch_threads, capsys,
+                                                                    monkeypatch):
+    import torch
+
+    import parse_config
+
+    monkeypatch.setattr(parse_config, "available_cpus", lambda: 2)
+    tiny_config["threads"] = 1
+    assert parse(["-c", str(write(tmp_path, tiny_config))])["threads"] == 1 and torch.get_num_threads() == 1
+    tiny_config["threads"] = 64  # e.g. a checkpoint written on a larger machine
+    assert parse(["-c", str(write(tmp_path, tiny_config))])["threads"] == 2
+    assert "the config asks for 64 CPU threads but this process may use 2 CPUs; using 2" in capsys.readouterr().out
+    assert parse(["-c", str(write(tmp_path, tiny_config)), "--threads", "3"])["threads"] == 3  # asked for: kept
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2", 10**6])
+def test_threads_must_be_a_positive_count(tiny_config, value):
+    tiny_config["threads"] = value
+    with pytest.raises(ConfigError, match=re.escape('config["threads"]: must be a whole number of CPU threads from 1 '
+                                                    f"to 1024 (or null: torch's default), got {value!r}; e.g. "
+                                                    "--threads 1")):
+        ConfigParser(tiny_config)
+
+
+def test_every_entry_script_takes_threads(tmp_path, torch_threads):
+    """--threads is parsed by each script (each then refuses the missing checkpoint, after argparse accepted it)."""
+    import test as test_py
+    import test_all
+    import test_training
+
+    for main, expected in ((test_py.main, "test.py needs a checkpoint"), (test_all.main, "test_all.py needs a "
+                                                                           "checkpoint"),
+                           (test_training.main, "test_training.py needs a test-time config")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            main(["--threads", "1"])
+
+
+# --- close matches (issue 17.13) ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("assignment, expected", [
+    ("epochs=3", 'config["epochs"]: unknown top-level key. Did you mean trainer.args.epochs?'),
+    ("data_loader.args.lr=0.1", "(--set data_loader.args.lr added a key the config did not have; did you mean "
+                                "optimizer.args.lr?)"),
+    ("trainer.argz.epochs=3", "did you mean trainer.args.epochs?)"),
+    ("trainer.args.epoch=3", "did you mean trainer.args.epochs?)"),
+    ("optimiser.args.lr=0.1", "did you mean optimizer.args.lr?)"),
+    ("trainer.args.ampp=off", "did you mean trainer.args.amp?)"),  # an argument the config does not set yet
+])
+def test_unknown_override_path_suggests_existing_paths(tiny_config, tmp_path, assignment, expected):
+    with pytest.raises(ConfigError) as info:
+        parse(["-c", str(write(tmp_path, tiny_config)), "--set", assignment])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_valid_new_key_gets_no_suggestion(tiny_config, tmp_path):
+    config = parse(["-c", str(write(tmp_path, tiny_config)), "--set", "trainer.args.amp=off"])
+    assert config["trainer"]["args"]["amp"] == "off"
+
+
+def test_missing_config_file_suggests_close_names(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    with pytest.raises(ConfigError, match=re.escape("config file configs/quickstart_digit_lt.json does not exist; did "
+                                                    "you mean configs/quickstart_digits_lt.json?")):
+        parse(["-c", "configs/quickstart_digit_lt.json"])
+    with pytest.raises(ConfigError, match=re.escape("did you mean configs/nmr/quickstart_simulated.json?")):
+        load_json("configs/quickstart_simulated.json")  # in another directory of configs/
+    (tmp_path / "my_run.json").write_text("{}")
+    with pytest.raises(ConfigError, match=re.escape(f"did you mean {tmp_path / 'my_run.json'}?")):
+        load_json(tmp_path / "my_rnu.json")
+    with pytest.raises(ConfigError, match=r"nothing_like_it\.json does not exist$"):
+        load_json(tmp_path / "nothing_like_it.json")

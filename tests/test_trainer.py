@@ -19,6 +19,7 @@ from utils.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
 def test_three_epochs_equal_two_plus_resume_one(tiny_config, tmp_path):
+    tiny_config["lr_scheduler"]["args"]["milestones"] = [1]  # the resumed epoch trains at the decayed rate
     straight = dict(tiny_config, trainer={**tiny_config["trainer"],
                                           "args": {**tiny_config["trainer"]["args"], "epochs": 3}})
     run(straight, "straight")

@@ -139,7 +139,7 @@ TINY = {
     "data_loader": {"type": "DigitsLT", "args": {"batch_size": 64}},
     "loss": {"type": "CrossEntropy", "args": {}}, "metrics": [{"type": "accuracy", "args": {}}],
     "optimizer": {"type": "SGD", "args": {"lr": 0.05}},
-    "lr_scheduler": {"type": "WarmupMultiStepLR", "args": {"milestones": [2]}},
+    "lr_scheduler": {"type": "WarmupMultiStepLR", "args": {"milestones": [], "warmup_epochs": 1}},
     "trainer": {"type": "ClassifierTrainer", "args": {"epochs": 1, "save_dir": "saved", "tensorboard": False}},
 }
 
