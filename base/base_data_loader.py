@@ -82,14 +82,17 @@ class BaseDataLoader(DataLoader):
         order = np.random.RandomState(seed).permutation(n)
         return Subset(dataset, order[n_valid:].tolist()), Subset(dataset, order[:n_valid].tolist())
 
-    def make_loader(self, dataset: Dataset, shuffle: bool = False, pad: bool = False) -> DataLoader:
+    def make_loader(self, dataset: Dataset, shuffle: bool = False, pad: bool = False,
+                    shard: bool = True) -> DataLoader:
         """A loader over ``dataset`` with this loader's batch size and workers, sharded under DDP.
 
         Evaluation shards (``pad`` False) hold every sample once over the ranks; ``pad`` True evens them out by
         repeating samples, as ``DistributedSampler`` does, for loops that step an optimizer in lockstep.
+        ``shard`` False: every rank reads the whole dataset in the one-process order (test-time training's views,
+        whose forward passes the trainer splits over the ranks itself).
         """
         sampler = None
-        if dist.is_distributed():
+        if dist.is_distributed() and shard:
             sampler = (DistributedSampler(dataset, shuffle=shuffle, drop_last=False) if pad
                        else EvalShardSampler(len(dataset)))
         return DataLoader(dataset, sampler=sampler, shuffle=shuffle if sampler is None else None,

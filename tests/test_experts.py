@@ -324,3 +324,30 @@ def test_test_time_aggregation_does_not_lose_accuracy_on_the_uniform_split():
     before = accuracy(torch.full((3,), 1 / 3))
     adapted = toy_adapt(model, x, "discriminative")
     assert accuracy(adapted) >= before - 0.01, (adapted, accuracy(adapted), before)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared_class", "found_after_building"])
+def test_test_time_training_of_a_model_without_experts_is_one_clear_error(tiny_config, tmp_path, monkeypatch,
+                                                                          declared):
+    """Issue 17.10: a ResNet32 (or UNet1D) checkpoint gave AttributeError 'ResNetCifar' object has no attribute
+    'num_experts'. The model's class is read from the registry before any data is read; a factory whose class
+    cannot be told is checked right after building the model, before the optimizer asks for its experts."""
+    import trainer.test_time as test_time_module
+
+    tiny_config["trainer"]["args"]["epochs"] = 1
+    _, parsed = run_training(tiny_config, "plain")
+    best = parsed.model_dir / "model_best.pth"
+    if declared:  # the command line: exit 2, one line, no traceback
+        done = subprocess.run([sys.executable, str(ROOT / "test_training.py"), "-c",
+                               str(ROOT / "configs/experts/test_time_quickstart_digits.json"), "-r", str(best)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        message = done.stderr
+    else:
+        monkeypatch.setattr(test_time_module, "_declared_model_class", lambda name: None)
+        with pytest.raises(test_time_module.ConfigError) as caught:
+            test_training.main(["-c", str(ROOT / "configs/experts/test_time_quickstart_digits.json"),
+                                "-r", str(best)])
+        message = str(caught.value)
+    assert "ResNet32 (ResNetCifar), has no experts" in message
+    assert "needs a multi-expert checkpoint" in message and "configs/experts/quickstart_digits_sade.json" in message
