@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,10 +135,19 @@ def test_hypernetwork_checkpoint_round_trips_through_test_py(expert_config, tmp_
     trainer.load_weights(best)
     assert result["metrics"]["accuracy"] == pytest.approx(trainer.test()["metrics"]["accuracy"])
     assert len(result["preference"]) == 3 and sum(result["preference"]) == pytest.approx(1, abs=1e-4)
+    assert result["weights"] == [0.3333] * 3
+    # the weights and preference used are printed above the table (issue 17.6)
+    assert ("Expert weights [0.3333, 0.3333, 0.3333] (the preference's, aggregate_by_preference); preference "
+            "[0.3333, 0.3333, 0.3333] (the default: uniform)\nloss") in done.stdout
     # a chosen preference changes the predictions; a wrong length is a clear error
     chosen = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--preference", "0,0,1"],
                             capture_output=True, text=True, timeout=300)
     assert chosen.returncode == 0, chosen.stderr
+    assert "preference [0, 0, 1] (set with --preference)" in chosen.stdout
+    weighted = subprocess.run([sys.executable, str(ROOT / "test_all.py"), "-r", str(best), "--weights", "1,1,2"],
+                              capture_output=True, text=True, timeout=300)
+    assert weighted.returncode == 0, weighted.stderr
+    assert "Expert weights [0.25, 0.25, 0.5] (set with --weights)" in weighted.stdout
     wrong = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--preference", "1,2"],
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "needs 3 values" in wrong.stderr
@@ -351,3 +361,22 @@ def test_test_time_training_of_a_model_without_experts_is_one_clear_error(tiny_c
         message = str(caught.value)
     assert "ResNet32 (ResNetCifar), has no experts" in message
     assert "needs a multi-expert checkpoint" in message and "configs/experts/quickstart_digits_sade.json" in message
+
+
+def test_test_training_says_what_it_does_per_split_then_prints_the_table(expert_config, tmp_path):
+    """Issue 17.5: test_training.py printed nothing for minutes. Off a terminal: one stderr line for the feature
+    pass and one per split with its elapsed time; the tables on stdout at the end."""
+    expert_config["trainer"]["args"]["epochs"] = 1
+    _, parsed = run_training(expert_config, "progress")
+    done = subprocess.run([sys.executable, str(ROOT / "test_training.py"), "-c",
+                           str(ROOT / "configs/experts/test_time_quickstart_digits.json"),
+                           "-r", str(parsed.model_dir / "model_best.pth"), "--set", "trainer.args.epochs=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("Test-time training: expert features of the 500 test images (one pass), then 11 "
+                               "splits adapted for up to 1 epoch each")
+    adapted = [line for line in lines if " adapted on " in line]
+    assert len(adapted) == 11 and all(re.search(r"in \d+\.\d s \(1 epoch", line) for line in adapted)
+    assert "forward50   (1/11) adapted on 135 images" in adapted[0]
+    assert "backward50" in done.stdout and "adapted on" not in done.stdout

@@ -177,7 +177,11 @@ class LNRTrainer(ClassifierTrainer):
         return {"flipped": self.flipped} if self.flipped is not None else {}
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
+        """The run's label flips (for resuming it; evaluation reads them but uses no training labels)."""
         if "flipped" in state:
             self.flipped = state["flipped"].cpu()
-            if dist.is_main_process():
-                self.logger.info(f"Restored {int((self.flipped >= 0).sum())} LNR label flips from the checkpoint")
+
+    def resume(self, path) -> None:
+        super().resume(path)
+        if self.flipped is not None and dist.is_main_process():  # said when continuing training only
+            self.logger.info(f"Continuing with the run's {int((self.flipped >= 0).sum())} LNR label flips")

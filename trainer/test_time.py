@@ -233,7 +233,8 @@ class TestTimeTrainer(BaseTrainer):
         splits = loader.test_agnostic_splits()
         self.status(f"Test-time training: expert features of the {len(loader.dataset):,} test images (one pass"
                     + (f", split over {dist.world_size()} processes" if dist.is_distributed() else "")
-                    + f"), then {len(splits)} splits adapted for up to {self.epochs} epochs each")
+                    + f"), then {len(splits)} splits adapted for up to {self.epochs} "
+                    + ("epochs each" if self.epochs > 1 else "epoch each"))
         started = time.perf_counter()
         features, targets = self._test_features(loader)
         self.status(f"  features in {time.perf_counter() - started:.1f} s")
