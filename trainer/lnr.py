@@ -89,6 +89,8 @@ class LNRTrainer(ClassifierTrainer):
     def _average_probabilities(self) -> tuple[torch.Tensor, torch.Tensor]:
         loader = self._flip_loader()
         n = len(loader.dataset)
+        self.logger.info(f"LNR: {self.flip_passes} augmented pass{'es' if self.flip_passes > 1 else ''} of the "
+                         f"stage-1 model over the {n:,} training images, to draw the label flips ...")
         total = torch.zeros(n, self.num_classes, dtype=torch.float64)
         seen = torch.zeros(n, dtype=torch.float64)
         labels = torch.full((n,), -1, dtype=torch.long)
