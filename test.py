@@ -11,7 +11,6 @@ compared with baselines, as the NMR denoiser is: one row per method over a few c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from parse_config import ConfigParser
@@ -46,17 +45,16 @@ def main(argv=None) -> None:
     config, trainer, state = trainer_for_checkpoint(args, "test.py", data_dir=args.data_dir)
     preference = configure_inference(trainer, args)
     settings = trainer.inference_settings()
-    if dist.is_main_process():
-        print(f"Evaluating {args.resume} on " + (f"{args.data_dir} ..." if args.data_dir else "the test split ..."),
-              file=sys.stderr, flush=True)
+    if dist.is_main_process():  # what runs, before the evaluation (which may take minutes)
+        print(f"{config.name}: {args.resume} (epoch {state.get('epoch')}): evaluating on "
+              + (f"{args.data_dir} ..." if args.data_dir else "the test split ..."), flush=True)
+        if format_inference(settings):
+            print(format_inference(settings))
     result = trainer.test(output_dir=Path(args.save_dir) if args.save_dir else None, data_dir=args.data_dir)
     if not dist.is_main_process():
         return
     what = result.get("description")  # what was evaluated, in words (the NMR denoiser's files or test ladders)
-    print(f"{config.name}: {args.resume} (epoch {state.get('epoch')})"
-          + (f"\n{what}" if what else f", test split of {result['n']} samples"))
-    if format_inference(settings):
-        print(format_inference(settings))
+    print(f"{what}:" if what else f"Test split of {result['n']} samples:")
     print(format_result(result, trainer.table_columns, args.out))
     if args.out:
         write_json(args.out, {"metrics": result["metrics"], "n": result["n"], "checkpoint": str(args.resume),

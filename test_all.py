@@ -16,7 +16,6 @@ accuracy plot of the uniform split, DIR/reliability.png and DIR/class_accuracy.p
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import torch
@@ -106,15 +105,13 @@ def main(argv=None) -> None:
                           f"defines test-agnostic splits; {config['data_loader']['type']} / "
                           f"{config['trainer']['type']} do not")
     augmented = loader.augmented_test_loader() if getattr(loader, "augmented_split_scoring", False) else None
-    print(f"Evaluating {args.resume} on the {len(loader.dataset):,} test images (one pass"
-          + (", and one over augmented images" if augmented is not None else "") + ") ...", file=sys.stderr,
-          flush=True)
-    result = evaluate_all(trainer, loader, augmented, shot_settings(config))
-    print(f"{config.name}: {args.resume}; "
-          + ("non-uniform splits scored on augmented images (SADE protocol)" if augmented is not None
-             else "deterministic test transform on every split"))
+    print(f"{config.name}: {args.resume}: evaluating on the {len(loader.dataset):,} test images (one pass"
+          + (", and one over augmented images" if augmented is not None else "") + ") ...", flush=True)
     if format_inference(settings):
         print(format_inference(settings))
+    result = evaluate_all(trainer, loader, augmented, shot_settings(config))
+    print("Non-uniform splits scored on augmented images (SADE protocol)" if augmented is not None
+          else "Deterministic test transform on every split")
     print(format_split_report(result["test_set"]))
     print(format_table(result["splits"], result["shot_groups"]))
     if args.out:

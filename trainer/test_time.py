@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import sys
 import time
 import typing
 from typing import Any, Literal
@@ -282,10 +281,9 @@ class TestTimeTrainer(BaseTrainer):
         return results
 
     def status(self, message: str) -> None:
-        """A line on stderr (rank 0) saying what a long step is doing; the tables go to stdout."""
-        if dist.is_main_process():
-            tqdm.write(message, file=sys.stderr)
-            sys.stderr.flush()
+        """A line (rank 0, on stdout like the epoch lines of training) saying what a long step is doing; stderr
+        has the progress bars and errors only."""
+        self.logger.info(message)
 
 
 def _declared_model_class(name: Any) -> type | None:
