@@ -303,10 +303,12 @@ def _declared_model_class(name: Any) -> type | None:
 
 
 def _not_multi_expert(config, model: str) -> ConfigError:
+    from utils.cli import ROOT, display_path, script_command
+
     arch = config["arch"].get("type")
     built = "" if model == arch else f" ({model})"
+    example = script_command("train.py", "-c", display_path(ROOT / "configs/experts/quickstart_digits_sade.json"))
     return ConfigError(
         f"{config.source}: the model, {arch}{built}, has no experts; test-time training learns how a multi-expert "
         "model combines its experts and needs a multi-expert checkpoint (MultiExpertResNet32, MultiExpertResNeXt50, "
-        "...), e.g. one trained with python train.py -c configs/experts/quickstart_digits_sade.json (or another "
-        "configs/experts/*_sade.json or *_hyper.json)")
+        f"...), e.g. one trained with {example} (or another configs/experts/*_sade.json or *_hyper.json)")
