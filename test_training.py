@@ -10,7 +10,9 @@ and ``--data_dir`` points the data loader at another directory, as in test.py an
 For every split (forward50 ... uniform ... backward50) the expert weights (and, for hypernetwork models,
 the preference) are learned without labels by making predictions on two augmented views agree, then the
 split is scored. A test set with unequal class counts is split as test_all.py does (from the smallest class)
-and the images each split used are printed. Prints the table of test_all.py with the learned values; --out
+and the images each split used are printed. It says what is running: the feature pass, one line per split with its
+elapsed time, and a progress bar per split on a terminal (stderr); under torchrun the result is one process's. Prints
+the table of test_all.py with the learned values at the end; --out
 writes {"splits": {name: {"n", "many", "medium", "few", "all", "before_all", "weights", "preference"}},
 "shot_groups": TEXT, "test_set": {...}, ...}.
 """

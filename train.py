@@ -15,7 +15,7 @@ import json
 # Start-up imports nothing heavy: -h, --list and a bad config are answered before torch loads (utils/registry.py);
 # torch and the components come with the first registry look-up, utils.dist and utils.seed where they are used.
 from parse_config import ConfigParser, apply_override, import_plugins
-from utils.cli import format_metrics, run_cli
+from utils.cli import display_path, format_result, note_resumable, run_cli, script_command
 from utils.errors import ConfigError
 from utils.registry import DATA_LOADERS, REGISTRIES
 
@@ -106,6 +106,7 @@ def main(argv=None) -> None:
     if config.resume is not None:
         trainer.resume(config.resume)
     config.prepare_run_dirs()
+    note_resumable(config.model_dir / "latest.pth")  # what a Ctrl-C tells the user to resume from
     try:
         trainer.train()
         if trainer.test_after_training:
@@ -113,14 +114,18 @@ def main(argv=None) -> None:
             if best.exists():
                 trainer.load_weights(best)
             which = "model_best.pth" if best.exists() else "the final weights"
+            if dist.is_main_process():
+                trainer.logger.info(f"Testing {which} on the test split ...")
             result = trainer.test()
             if dist.is_main_process():
-                table = format_metrics(result["metrics"])
-                trainer.logger.info(f"Test split ({result['n']} samples), {which}:\n{table}")
+                table = format_result(result, trainer.table_columns, "the JSON of test.py --out")
+                what = result.get("description")
+                trainer.logger.info((f"Test split, {which}: {what[0].lower()}{what[1:]}" if what
+                                     else f"Test split ({result['n']} samples), {which}:") + f"\n{table}")
                 for tag, figure in trainer.figures(title="test").items():
                     trainer.writer.figure(f"test/{tag}", figure, trainer.last_epoch)
                 if best.exists():
-                    trainer.logger.info(f"Evaluate again with: python test.py -r {best}")
+                    trainer.logger.info(f"Evaluate again with: {script_command('test.py', '-r', display_path(best))}")
     finally:  # also when training fails (a non-finite loss, a full disk): no open log file or event writer
         trainer.close()
 

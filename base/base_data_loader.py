@@ -7,6 +7,7 @@ data with an ``EvalShardSampler`` (every sample once).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -76,20 +77,28 @@ class BaseDataLoader(DataLoader):
         n_valid = validation_split if isinstance(validation_split, int) else int(n * validation_split)
         if isinstance(validation_split, float) and validation_split >= 1:
             raise ValueError(f"a fractional validation_split must be below 1, got {validation_split}")
-        if not 0 < n_valid < n:
-            raise ValueError(f"validation_split={validation_split} leaves {n - n_valid} of {n} samples "
-                             "for training; choose a smaller split")
+        if n_valid <= 0:  # a fraction of a small set rounds down to nothing held back
+            raise ValueError(f"validation_split={validation_split} of {n} samples holds back none for validation "
+                             f"(int({n} x {validation_split}) = 0); choose a larger split: a count such as "
+                             f"validation_split=1, or a fraction of at least 1/{n} = {math.ceil(1e4 / n) / 1e4:g}; "
+                             "0 turns validation off (then trainer.args.monitor must be \"off\")")
+        if n_valid >= n:
+            raise ValueError(f"validation_split={validation_split} asks for {n_valid} of the {n} samples for "
+                             "validation, leaving none for training; choose a smaller split")
         order = np.random.RandomState(seed).permutation(n)
         return Subset(dataset, order[n_valid:].tolist()), Subset(dataset, order[:n_valid].tolist())
 
-    def make_loader(self, dataset: Dataset, shuffle: bool = False, pad: bool = False) -> DataLoader:
+    def make_loader(self, dataset: Dataset, shuffle: bool = False, pad: bool = False,
+                    shard: bool = True) -> DataLoader:
         """A loader over ``dataset`` with this loader's batch size and workers, sharded under DDP.
 
         Evaluation shards (``pad`` False) hold every sample once over the ranks; ``pad`` True evens them out by
         repeating samples, as ``DistributedSampler`` does, for loops that step an optimizer in lockstep.
+        ``shard`` False: every rank reads the whole dataset in the one-process order (test-time training's views,
+        whose forward passes the trainer splits over the ranks itself).
         """
         sampler = None
-        if dist.is_distributed():
+        if dist.is_distributed() and shard:
             sampler = (DistributedSampler(dataset, shuffle=shuffle, drop_last=False) if pad
                        else EvalShardSampler(len(dataset)))
         return DataLoader(dataset, sampler=sampler, shuffle=shuffle if sampler is None else None,

@@ -79,6 +79,8 @@ class BaseTrainer(ABC):
     # checkpoint is evaluated (``config.evaluation``) they build no training loader, so test.py runs on a machine
     # that has only the test data, in files the training loader would refuse to batch (other axes or lengths)
     evaluation_needs_training_data: bool = True
+    # the metrics test.py's table shows when a test result compares methods (the model and baselines); None: all
+    table_columns: tuple[str, ...] | None = None
 
     def __init__(self, config, epochs: int, save_dir: str = "saved", save_period: int = 0, monitor: str = "off",
                  early_stop: int = 0, tensorboard: bool = True, device: str = "auto",
@@ -100,6 +102,9 @@ class BaseTrainer(ABC):
             raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
         if bn_stats not in ("auto", "ema", "epoch"):
             raise ValueError(f'bn_stats must be "auto", "ema" or "epoch", got {bn_stats!r}')
+        if config.get("init_from") and getattr(config, "resume", None) is None \
+                and not Path(config["init_from"]).is_file():  # before the data is read
+            raise CheckpointError(missing_init_from(config, config["init_from"]))
         self.config = config
         self.epochs, self.save_period, self.early_stop = epochs, save_period, early_stop
         self.log_step, self.grad_clip, self.test_after_training = log_step, grad_clip, test_after_training
@@ -335,8 +340,7 @@ class BaseTrainer(ABC):
                         f"({', '.join(result.missing_keys[:4])}...)")
         if result.unexpected_keys:
             message += f"; ignored {len(result.unexpected_keys)} of its tensors"
-        self.logger.info(message)
-        self._startup_notes.append(message)  # repeated in the run's log file once it exists
+        self._startup_notes.append(message)  # printed (and written to the run's log file) when the run opens
 
     # --- what subclasses implement ----------------------------------------------------------------
     @abstractmethod
@@ -359,6 +363,11 @@ class BaseTrainer(ABC):
         if preference is not None or weights is not None:
             raise ConfigError(f"{self.config['arch']['type']} has no experts: --preference and --weights apply to "
                               "multi-expert (SADE / hypernetwork) checkpoints only")
+        return None
+
+    def inference_settings(self) -> dict[str, Any] | None:
+        """How a multi-expert model combines its experts at inference (weights, preference and where each comes
+        from), printed above the evaluation scripts' tables; None for models without experts."""
         return None
 
     def figures(self, title: str = "") -> dict[str, Any]:
@@ -708,6 +717,49 @@ class BaseTrainer(ABC):
         release = getattr(self.config, "release_run_dir", None)
         if release is not None:
             release()
+
+
+def missing_init_from(config, path: str) -> str:
+    """The message for an ``init_from`` checkpoint that does not exist: it is an earlier run's output, and when its
+    path is ``<save_dir>/models/<name>/<run_id>/<file>`` with a config of that name under configs/, the command
+    that writes it."""
+    from utils.cli import ROOT, display_path, script_command
+
+    where = f'{config.source}: config["init_from"] (--init-from)'
+    first = ("init_from names the weights of an earlier run (stage 1 of a two-stage method), which must have "
+             "finished first")
+    parts = Path(path).parts
+    if len(parts) >= 4 and "models" in parts[:-3]:
+        at = len(parts) - 1 - parts[::-1].index("models")
+        if at + 3 == len(parts) - 1:
+            save_dir, name, run_id = Path(*parts[:at]) if at else Path("."), parts[at + 1], parts[at + 2]
+            found = _config_named(name, ROOT / "configs")
+            if found is not None:
+                args = ["-c", display_path(found[0]), "--run-id", run_id]
+                if Path(found[1]) != save_dir:
+                    args += ["--set", f"trainer.args.save_dir={save_dir}"]
+                return (f"{where}: checkpoint {path} does not exist. {first}: run it with "
+                        f"{script_command('train.py', *args)}, then this config again (or point init_from at an "
+                        "existing checkpoint)")
+            return (f"{where}: checkpoint {path} does not exist. {first}: train the run {name!r} with --run-id "
+                    f"{run_id} (save_dir {save_dir}) first, or point init_from at an existing checkpoint")
+    return f"{where}: checkpoint {path} does not exist. {first}, or point init_from at an existing checkpoint"
+
+
+def _config_named(name: str, root: Path) -> tuple[Path, str] | None:
+    """The config file under ``root`` whose ``name`` is ``name`` and its save_dir, or None (read only in this error
+    path: about a hundred small files)."""
+    import json
+
+    for candidate in sorted(root.rglob("*.json")):
+        try:
+            values = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(values, dict) and values.get("name") == name:
+            trainer = values.get("trainer") if isinstance(values.get("trainer"), dict) else {}
+            return candidate, str((trainer.get("args") or {}).get("save_dir", "saved"))
+    return None
 
 
 def _parse_monitor(monitor: str) -> tuple[str, str | None]:

@@ -323,11 +323,15 @@ class EpochPermutationSampler(Sampler[int]):
     every rank draws the same one and a resumed run needs no sampler state. Under DDP rank ``r`` takes
     ``perm[r::world_size]``; with ``pad`` (training) the permutation is first padded to a multiple of the world
     size by repeating its start, as ``DistributedSampler`` does, so all ranks run the same number of steps;
-    without (evaluation) every index comes once over the ranks.
+    without (evaluation) every index comes once over the ranks. ``shard`` False: every rank takes the whole
+    order (test-time training's views).
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, pad: bool = True):
-        self.size, self.shuffle, self.seed, self.epoch, self.pad = size, shuffle, seed, 0, pad
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, pad: bool = True, shard: bool = True):
+        self.size, self.shuffle, self.seed, self.epoch, self.pad, self.shard = size, shuffle, seed, 0, pad, shard
+
+    def _world(self) -> int:
+        return dist.world_size() if self.shard else 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -339,7 +343,7 @@ class EpochPermutationSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        world = dist.world_size()
+        world = self._world()
         if world > 1 and self.pad:
             total = math.ceil(self.size / world) * world
             order = order.repeat(math.ceil(total / max(self.size, 1)))[:total]
@@ -352,8 +356,8 @@ class EpochPermutationSampler(Sampler[int]):
 
     def __len__(self) -> int:
         if self.pad:
-            return math.ceil(self.size / dist.world_size())
-        return len(range(dist.rank(), self.size, dist.world_size()))
+            return math.ceil(self.size / self._world())
+        return len(range(dist.rank() if self.shard else 0, self.size, self._world()))
 
 
 class TensorImageSet(Dataset):
@@ -568,10 +572,11 @@ class CIFARLT(TensorBatchLoader):
 
     # --- evaluation views ---------------------------------------------------------------------------
     def _eval_loader(self, dataset: TensorImageSet, augment: BatchAugment | None = None,
-                     pad: bool = False) -> TensorBatchLoader:
-        """In index order; under DDP each image once over the ranks unless ``pad`` (see EpochPermutationSampler)."""
+                     pad: bool = False, shard: bool = True) -> TensorBatchLoader:
+        """In index order; under DDP each image once over the ranks unless ``pad`` (see EpochPermutationSampler),
+        or every image on every rank without ``shard``."""
         return TensorBatchLoader(dataset, self.batch_size, self._plain if augment is None else augment,
-                                 EpochPermutationSampler(len(dataset), shuffle=False, pad=pad), False,
+                                 EpochPermutationSampler(len(dataset), shuffle=False, pad=pad, shard=shard), False,
                                  self.cls_num_list, self.num_classes)
 
     def split_validation(self) -> TensorBatchLoader | None:
@@ -609,7 +614,7 @@ class CIFARLT(TensorBatchLoader):
         test = self._test_split()
         index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         subset = TensorImageSet(test.images[index.to(test.images.device)], test.targets[index], self._plain)
-        return self._eval_loader(subset, self._view_augment, pad=True)  # an optimizer steps in lockstep on these
+        return self._eval_loader(subset, self._view_augment, shard=False)  # see TestTimeTrainer: every rank, all
 
     def augmented_test_loader(self) -> TensorBatchLoader:
         """The test split in index order WITH the training augmentation (SADE's scoring of non-uniform splits).

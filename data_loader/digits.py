@@ -143,10 +143,10 @@ class DigitsLT(BaseDataLoader):
 
     def view_loader(self, indices) -> torch.utils.data.DataLoader:
         """Augmented views (shift up to 2 pixels, contrast +-30%) of test images ``indices``, in that order;
-        every iteration draws new augmentations. For test-time training (under DDP: padded shards, so the
-        ranks step the learned weights in lockstep)."""
+        every iteration draws new augmentations. For test-time training (under DDP every rank reads every view, in
+        the one-process order with the same draws, and the trainer splits the forward passes over the ranks)."""
         idx = self._splits["test"][np.asarray(indices)]
-        return self.make_loader(ImageTensorDataset(self._images[idx], self._targets[idx], 2, 0.3), pad=True)
+        return self.make_loader(ImageTensorDataset(self._images[idx], self._targets[idx], 2, 0.3), shard=False)
 
     def split_validation(self):
         if self.validation == "none":

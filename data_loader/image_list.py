@@ -252,10 +252,12 @@ class ImageListLT(BaseDataLoader):
 
     # --- evaluation interface ---------------------------------------------------------------------
     def view_loader(self, indices):
-        """Strongly augmented views of test images ``indices`` (in that order), for test-time training."""
+        """Strongly augmented views of test images ``indices`` (in that order), for test-time training; under DDP
+        every rank reads all of them (the trainer splits the forward passes over the ranks)."""
         views = ImageListDataset(self.root, self.lists["test"], self._read("test"), self.class_map,
                                  self.view_transform)
-        return self.make_loader(torch.utils.data.Subset(views, [int(i) for i in np.asarray(indices)]), pad=True)
+        return self.make_loader(torch.utils.data.Subset(views, [int(i) for i in np.asarray(indices)]),
+                                shard=False)
 
     def split_validation(self):
         """The validation loader over the ``validation`` list (test transform, in order), or None."""

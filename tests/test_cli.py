@@ -80,3 +80,72 @@ def test_entry_points_flush_denormals_in_every_intra_op_thread(tmp_path):
     if plain.stdout.strip() == "0":
         pytest.skip("this CPU flushes subnormals by default")
     assert done.stdout.strip() == "0"
+
+
+def _write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def test_messages_name_real_paths_from_outside_the_repository(tiny_config, tmp_path, monkeypatch, capsys):
+    """Issue 17.14, run from a directory that is not the repository: 'Evaluate again with' names the repository's
+    test.py and the checkpoint as typed from there; -r RUN_DIR names the checkpoints in it; Ctrl-C names the run's
+    latest.pth (or says that nothing was saved yet)."""
+    import test as test_cli
+    import train
+    from trainer.classifier import ClassifierTrainer
+    from utils import cli
+    from utils.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_RESUMABLE", {})
+    tiny_config["trainer"]["args"].update(epochs=1, save_dir="saved")
+    train.main(["-c", str(_write(tmp_path, tiny_config)), "--run-id", "out"])
+    printed = capsys.readouterr().out
+    assert f"Evaluate again with: python {ROOT / 'test.py'} -r saved/models/tiny/out/model_best.pth" in printed
+    run_dir = tmp_path / "saved/models/tiny/out"
+    with pytest.raises(CheckpointError, match="is a run directory, not a checkpoint") as caught:
+        test_cli.main(["-r", str(run_dir)])
+    assert f"{run_dir / 'model_best.pth'} or {run_dir / 'latest.pth'}" in str(caught.value)
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ClassifierTrainer, "_train_epoch", interrupted)
+    for run_id, expected in (("cut", "interrupted before the first epoch was saved: saved/models/tiny/cut/latest.pth "
+                                     "does not exist yet"),
+                             (None, f"interrupted; resume the run with: python {ROOT / 'train.py'} -r "
+                                    "saved/models/tiny/out/latest.pth")):
+        argv = ["-c", str(tmp_path / "config.json"), "--run-id", run_id] if run_id else \
+            ["-r", str(run_dir / "latest.pth"), "--set", "trainer.args.epochs=2"]
+        with pytest.raises(SystemExit) as stopped:
+            cli.run_cli(lambda argv=argv: train.main(argv))
+        assert stopped.value.code == 130
+        assert expected in capsys.readouterr().err
+
+
+def test_stage_2_before_stage_1_names_init_from_and_the_stage_1_command(tmp_path):
+    """Issue 17.12: the missing checkpoint comes from init_from, and stage 1 must run first: the message says so
+    with the command (the run name in the path is a shipped config's), before any data is read."""
+    done = cli(str(ROOT / "train.py"), "-c", str(ROOT / "configs/lnr/quickstart_digits_stage2.json"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert 'config["init_from"]' in done.stderr and "must have finished first" in done.stderr
+    assert (f"python {ROOT / 'train.py'} -c {ROOT / 'configs/lnr/quickstart_digits_stage1.json'} --run-id quickstart"
+            in done.stderr)
+    assert not (tmp_path / "saved").exists()
+    elsewhere = cli(str(ROOT / "train.py"), "-c", str(ROOT / "configs/lnr/quickstart_digits_stage2.json"),
+                    "--init-from", "runs/models/nowhere/x/model_best.pth", cwd=tmp_path)
+    assert elsewhere.returncode == 2 and "train the run 'nowhere' with --run-id x (save_dir runs)" in elsewhere.stderr
+
+
+def test_a_validation_split_that_holds_back_nothing_asks_for_a_larger_one():
+    """Issue 17.11: 'validation_split=0.1 leaves 6 of 6 samples for training; choose a smaller split' asked for the
+    wrong change."""
+    from base.base_data_loader import BaseDataLoader
+
+    with pytest.raises(ValueError, match=r"holds back none for validation .*choose a larger split: a count such as "
+                                         r"validation_split=1, or a fraction of at least 1/6 = 0\.1667"):
+        BaseDataLoader._split(list(range(6)), 0.1, 0)
+    with pytest.raises(ValueError, match="asks for 6 of the 6 samples .*leaving none for training; choose a smaller"):
+        BaseDataLoader._split(list(range(6)), 6, 0)

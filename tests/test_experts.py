@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,10 +135,19 @@ def test_hypernetwork_checkpoint_round_trips_through_test_py(expert_config, tmp_
     trainer.load_weights(best)
     assert result["metrics"]["accuracy"] == pytest.approx(trainer.test()["metrics"]["accuracy"])
     assert len(result["preference"]) == 3 and sum(result["preference"]) == pytest.approx(1, abs=1e-4)
+    assert result["weights"] == [0.3333] * 3
+    # the weights and preference used are printed above the table (issue 17.6)
+    assert ("Expert weights [0.3333, 0.3333, 0.3333] (the preference's, aggregate_by_preference); preference "
+            "[0.3333, 0.3333, 0.3333] (the default: uniform)\nTest split of 500 samples:\nloss") in done.stdout
     # a chosen preference changes the predictions; a wrong length is a clear error
     chosen = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--preference", "0,0,1"],
                             capture_output=True, text=True, timeout=300)
     assert chosen.returncode == 0, chosen.stderr
+    assert "preference [0, 0, 1] (set with --preference)" in chosen.stdout
+    weighted = subprocess.run([sys.executable, str(ROOT / "test_all.py"), "-r", str(best), "--weights", "1,1,2"],
+                              capture_output=True, text=True, timeout=300)
+    assert weighted.returncode == 0, weighted.stderr
+    assert "Expert weights [0.25, 0.25, 0.5] (set with --weights)" in weighted.stdout
     wrong = subprocess.run([sys.executable, str(ROOT / "test.py"), "-r", str(best), "--preference", "1,2"],
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "needs 3 values" in wrong.stderr
@@ -324,3 +334,51 @@ def test_test_time_aggregation_does_not_lose_accuracy_on_the_uniform_split():
     before = accuracy(torch.full((3,), 1 / 3))
     adapted = toy_adapt(model, x, "discriminative")
     assert accuracy(adapted) >= before - 0.01, (adapted, accuracy(adapted), before)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared_class", "found_after_building"])
+def test_test_time_training_of_a_model_without_experts_is_one_clear_error(tiny_config, tmp_path, monkeypatch,
+                                                                          declared):
+    """Issue 17.10: a ResNet32 (or UNet1D) checkpoint gave AttributeError 'ResNetCifar' object has no attribute
+    'num_experts'. The model's class is read from the registry before any data is read; a factory whose class
+    cannot be told is checked right after building the model, before the optimizer asks for its experts."""
+    import trainer.test_time as test_time_module
+
+    tiny_config["trainer"]["args"]["epochs"] = 1
+    _, parsed = run_training(tiny_config, "plain")
+    best = parsed.model_dir / "model_best.pth"
+    if declared:  # the command line: exit 2, one line, no traceback
+        done = subprocess.run([sys.executable, str(ROOT / "test_training.py"), "-c",
+                               str(ROOT / "configs/experts/test_time_quickstart_digits.json"), "-r", str(best)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        message = done.stderr
+    else:
+        monkeypatch.setattr(test_time_module, "_declared_model_class", lambda name: None)
+        with pytest.raises(test_time_module.ConfigError) as caught:
+            test_training.main(["-c", str(ROOT / "configs/experts/test_time_quickstart_digits.json"),
+                                "-r", str(best)])
+        message = str(caught.value)
+    assert "ResNet32 (ResNetCifar), has no experts" in message
+    assert "needs a multi-expert checkpoint" in message and "configs/experts/quickstart_digits_sade.json" in message
+
+
+def test_test_training_says_what_it_does_per_split_then_prints_the_table(expert_config, tmp_path):
+    """Issue 17.5: test_training.py printed nothing for minutes. Off a terminal: one line for the feature pass and
+    one per split with its elapsed time, then the tables (all on stdout, like training's epoch lines; stderr keeps
+    the progress bars of a terminal, and errors)."""
+    expert_config["trainer"]["args"]["epochs"] = 1
+    _, parsed = run_training(expert_config, "progress")
+    done = subprocess.run([sys.executable, str(ROOT / "test_training.py"), "-c",
+                           str(ROOT / "configs/experts/test_time_quickstart_digits.json"),
+                           "-r", str(parsed.model_dir / "model_best.pth"), "--set", "trainer.args.epochs=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Test-time training: expert features of the 500 test images (one pass), then 11 "
+                               "splits adapted for up to 1 epoch each")
+    adapted = [line for line in lines if " adapted on " in line]
+    assert len(adapted) == 11 and all(re.search(r"in \d+\.\d s \(1 epoch", line) for line in adapted)
+    assert "forward50   (1/11) adapted on 135 images" in adapted[0]
+    assert lines.index(adapted[-1]) < lines.index("split                  before   adapted  weights / preference")
+    assert done.stderr == ""

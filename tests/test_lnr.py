@@ -95,3 +95,20 @@ def test_optimizer_groups_use_lr_factor(tiny_config, stage1):
     assert lrs == pytest.approx([0.05 * 0.2, 0.05])
     trainable = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not any(id(p) in trainable for p in trainer.raw_model.backbone.parameters())
+
+
+def test_stage2_says_initialised_once_and_evaluation_says_nothing_of_flips(tiny_config, stage1, tmp_path, capsys):
+    """Issue 17.14: 'Initialised from ...' was printed twice, and test.py on a stage-2 checkpoint said 'Restored 0
+    LNR label flips from the checkpoint', as if it resumed a run."""
+    import test as test_cli
+
+    _, parsed = run(stage2_config(tiny_config, stage1, epochs=1), "once")
+    printed = capsys.readouterr().out
+    assert printed.count("Initialised from") == 1
+    assert (parsed.log_dir / "train.log").read_text().count("Initialised from") == 1
+    test_cli.main(["-r", str(parsed.model_dir / "latest.pth"), "-d", "cpu"])
+    evaluated = capsys.readouterr().out
+    assert "flips" not in evaluated and "Restored" not in evaluated and "accuracy" in evaluated
+    resumed_config = stage2_config(tiny_config, stage1, epochs=2)
+    run(resumed_config, None, resume=parsed.model_dir / "latest.pth")
+    assert "Continuing with the run's" in capsys.readouterr().out  # said when training continues

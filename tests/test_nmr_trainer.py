@@ -135,7 +135,24 @@ def test_test_cli_writes_denoised_spectra_figures_and_metrics(nmr_config, tmp_pa
         assert saved["denoised"].shape == (256,)
         assert (out_dir / f"{name}.png").stat().st_size > 0
     assert "ppm" in np.load(out_dir / "sample_0.npz")
-    assert "savgol" in capsys.readouterr().out  # the side-by-side table
+    printed = capsys.readouterr().out
+    assert "savgol" in printed  # the side-by-side table
+    # issue 17.7: one narrow table (methods as rows, a few columns, 4 significant digits), the model once, and what
+    # was denoised; every metric is in the JSON. Issue 17.8: no figures beside --out unless --figures names a folder
+    table = printed[printed.index("     method |"):].splitlines()
+    assert table[0].split() == ["method", "|", "l2", "|", "snr_gain", "|", "peak_f1", "|", "peak_shift", "|",
+                                "height_ratio", "|", "integral_rel_err"]
+    assert max(len(line) for line in table[:6]) < 100 and printed.count("model |") == 1
+    assert [row.split()[0] for row in table[2:6]] == ["model", "input", "savgol", "apodisation"]
+    shift = float(table[2].split("|")[4])
+    assert shift == pytest.approx(report["metrics"]["peak_shift"], rel=1e-3) and shift != 0  # not "0.00"
+    assert f"(6 of 23 metrics shown; all of them for every method in {out})" in printed
+    assert (f"Denoised level 0 of 2 ladders in {data_dir} (sample_0, sample_1), and 1 single spectrum without a "
+            "score; scored against a pseudo-ground truth fused from each ladder's higher levels") in printed
+    assert not list(out.parent.glob("metrics*.png"))
+    test_cli.main(["-r", str(checkpoint), "--data_dir", str(data_dir), "--figures", str(tmp_path / "figures"),
+                   "-d", "cpu"])
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["spectrum_0.png"]  # figure_count 1
 
 
 def test_test_cli_on_one_file_and_bad_files(nmr_config, tmp_path):

@@ -182,3 +182,23 @@ def test_every_metric_scores_perfect_predictions_well(name):
             assert value < 0.01
         else:
             assert value == pytest.approx(100.0)
+
+
+def test_run_names_are_unique_and_init_from_names_a_shipped_run():
+    """Issue 17.9: the LNR and MiSLAS stage-2 runs of one config shared a run name (only the timestamp told them
+    apart). Every shipped config has its own name, and every ``init_from`` points at the output of a shipped config
+    (``saved/models/<its name>/<run_id>/...``), which the message for a missing one names (issue 17.12)."""
+    names: dict[str, Path] = {}
+    for path in CONFIGS:
+        name = load_json(path)["name"]
+        assert name not in names, f"{path} and {names[name]} share the run name {name!r}"
+        names[name] = path
+    stage2 = [p for p in CONFIGS if load_json(p).get("init_from")]
+    assert len(stage2) >= 20
+    for path in stage2:
+        parts = Path(load_json(path)["init_from"]).parts
+        if parts[0] == "pretrained":  # a shipped checkpoint (the NMR fine-tuning config)
+            assert (ROOT / Path(*parts)).is_file(), path
+            continue
+        assert parts[:2] == ("saved", "models") and parts[2] in names, (path, parts)
+        assert not load_json(names[parts[2]]).get("init_from"), f"{path}: init_from names another stage 2"

@@ -64,18 +64,31 @@ def test_split_sizes_follow_the_formula(trained):
     assert forward[0] == 50 and forward[9] == 1 and torch.equal(forward, backward.flip(0))
 
 
-def test_cli_writes_json_and_figures(trained, tmp_path):
+def test_cli_writes_json_and_figures_only_when_asked(trained, tmp_path):
+    """Issue 17.8: --out also dropped PNGs into the working directory; figures are written only with --figures DIR."""
     config, _ = trained
     out = tmp_path / "all.json"
+    work = tmp_path / "work"
+    work.mkdir()
     done = subprocess.run([sys.executable, str(ROOT / "test_all.py"), "-r", str(config.model_dir / "model_best.pth"),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], cwd=work, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert set(result) >= {"splits", "preference"} and result["preference"] is None
+    assert set(result) >= {"splits", "preference", "weights"} and result["preference"] is result["weights"] is None
     assert set(result["splits"]["forward50"]) == {"n", "many", "medium", "few", "all"}
-    assert (tmp_path / "all_reliability.png").stat().st_size > 1000
-    assert (tmp_path / "all_class_accuracy.png").stat().st_size > 1000
+    assert not list(tmp_path.rglob("*.png"))  # no figures unless asked
     assert "forward50" in done.stdout and "backward50" in done.stdout
+    assert "Expert weights" not in done.stdout  # a model without experts
+    assert "evaluating on the 500 test images (one pass) ..." in done.stdout.splitlines()[0]  # before the pass
+    assert done.stderr == ""
+    figures = tmp_path / "figures"
+    done = subprocess.run([sys.executable, str(ROOT / "test_all.py"), "-r", str(config.model_dir / "model_best.pth"),
+                           "--figures", str(figures)], cwd=work, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (figures / "reliability.png").stat().st_size > 1000
+    assert (figures / "class_accuracy.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["class_accuracy.png", "reliability.png"]
+    assert f"wrote {figures / 'reliability.png'}" in done.stdout
 
 
 def test_preference_on_a_model_without_experts_is_refused(trained):

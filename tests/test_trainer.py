@@ -293,7 +293,7 @@ def test_compile_trains_the_same_step_and_saves_a_plain_checkpoint(tiny_config, 
     (eager_loss, eager), (compiled_loss, compiled) = first_step(False), first_step(True)
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-9 * float(a.grad.abs().max()), msg=name)
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * float(a.grad.abs().max()), msg=name)
 
     tiny_config["trainer"]["args"].update(epochs=1, compile=True)
     run(tiny_config, "compiled")

@@ -82,3 +82,20 @@ class HyperExpertTrainer(ClassifierTrainer):
             raise ConfigError(str(err)) from err
         current = self.raw_model.current_preference()
         return None if current is None else [round(float(v), 6) for v in current]
+
+    def inference_settings(self) -> dict[str, Any]:
+        """How inference combines the experts, for test.py / test_all.py to print above their tables:
+        ``{"weights": [...], "weights_from": TEXT, "preference": [...] or None, "preference_from": TEXT or None}``."""
+        model = self.raw_model
+        preference = model.current_preference()
+        if bool(model.weights_set):
+            weights_from = "set with --weights"
+        elif preference is not None and model.aggregate_by_preference:
+            weights_from = "the preference's, aggregate_by_preference"
+        else:
+            weights_from = "the default: the mean"
+        given = model.inference_preference.numel() > 0
+        return {"weights": [round(float(v), 4) for v in model.inference_weights()], "weights_from": weights_from,
+                "preference": None if preference is None else [round(float(v), 4) for v in preference],
+                "preference_from": None if preference is None else (
+                    "set with --preference" if given else "the default: uniform")}

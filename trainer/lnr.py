@@ -89,6 +89,8 @@ class LNRTrainer(ClassifierTrainer):
     def _average_probabilities(self) -> tuple[torch.Tensor, torch.Tensor]:
         loader = self._flip_loader()
         n = len(loader.dataset)
+        self.logger.info(f"LNR: {self.flip_passes} augmented pass{'es' if self.flip_passes > 1 else ''} of the "
+                         f"stage-1 model over the {n:,} training images, to draw the label flips ...")
         total = torch.zeros(n, self.num_classes, dtype=torch.float64)
         seen = torch.zeros(n, dtype=torch.float64)
         labels = torch.full((n,), -1, dtype=torch.long)
@@ -177,7 +179,11 @@ class LNRTrainer(ClassifierTrainer):
         return {"flipped": self.flipped} if self.flipped is not None else {}
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
+        """The run's label flips (for resuming it; evaluation reads them but uses no training labels)."""
         if "flipped" in state:
             self.flipped = state["flipped"].cpu()
-            if dist.is_main_process():
-                self.logger.info(f"Restored {int((self.flipped >= 0).sum())} LNR label flips from the checkpoint")
+
+    def resume(self, path) -> None:
+        super().resume(path)
+        if self.flipped is not None and dist.is_main_process():  # said when continuing training only
+            self.logger.info(f"Continuing with the run's {int((self.flipped >= 0).sum())} LNR label flips")

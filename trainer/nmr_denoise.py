@@ -41,6 +41,10 @@ def _dataset_names(dataset) -> list[str]:
 # logged each validation epoch (test.py reports every key of model/nmr_metrics.py)
 REPORTED = ("snr_in", "snr_out", "snr_gain", "snr_p95_gain", "peak_f1", "peak_shift", "height_rel_err",
             "fwhm_rel_err", "integral_rel_err", "l1", "l2")
+# the columns of test.py's (and train.py's final test's) table, one row per method; the JSON holds every metric
+TABLE_COLUMNS = ("l2", "snr_gain", "peak_f1", "peak_shift", "height_ratio", "integral_rel_err")
+REFERENCES = {"clean": "the clean spectra",
+              "pseudo_ground_truth": "a pseudo-ground truth fused from each ladder's higher levels"}
 
 
 @TRAINERS.register()
@@ -335,13 +339,16 @@ class NMRDenoiseTrainer(BaseTrainer):
                 self.writer.figure(f"valid/{tag}", figure, epoch)
         return log
 
+    table_columns = TABLE_COLUMNS
+
     def test(self, output_dir: Path | None = None, data_dir: str | Path | None = None) -> dict[str, Any]:
         """Denoise level 0 of every test ladder and score the model and the classical baselines side by side.
 
         ``data_dir``: a directory of ladders or a single spectrum file instead of the config's test data.
         ``output_dir``: write ``<name>.npz`` (key ``denoised``, plus ``ppm`` when known) and ``<name>.png``
         (input, denoised, reference, residual) per group.
-        Returns ``{"metrics": model, "baselines": {"savgol", "apodisation", "input"}, "reference": ..., "n"}``.
+        Returns ``{"metrics": model, "baselines": {"savgol", "apodisation", "input"}, "reference": ..., "n",
+        "description": TEXT}`` (what was denoised and what it was scored against, in words).
         """
         if output_dir is not None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -349,11 +356,14 @@ class NMRDenoiseTrainer(BaseTrainer):
             return self._test_files(Path(data_dir), output_dir)
         loader = self.config.build_data_loader(training=False, device=self.device)
         scored = self._evaluate_loader(loader, output_dir)
-        return self._report(scored, len(loader.dataset))
+        n = len(loader.dataset)
+        what = f"level 0 of the {n} test ladder{'s' if n != 1 else ''} of {self.config['data_loader']['type']}"
+        return self._report(scored, n, what)
 
-    def _report(self, scored: dict[str, dict], n: int) -> dict[str, Any]:
-        return {"metrics": scored.pop("model"), "baselines": scored,
-                "reference": self._reference_kind, "n": n}
+    def _report(self, scored: dict[str, dict], n: int, what: str) -> dict[str, Any]:
+        against = " and ".join(REFERENCES.get(kind, kind) for kind in self._reference_kind.split(" and "))
+        return {"metrics": scored.pop("model"), "baselines": scored, "reference": self._reference_kind, "n": n,
+                "description": f"Denoised {what}; scored against {against}"}
 
     def _test_files(self, path: Path, output_dir: Path | None) -> dict[str, Any]:
         """Denoise the groups of a directory (or one file) one by one: lengths may differ between groups."""
@@ -384,9 +394,17 @@ class NMRDenoiseTrainer(BaseTrainer):
             self.logger.info(f"{len(unscored)} single spectra denoised without scores (no reference): "
                              f"{', '.join(unscored[:5])}{'...' if len(unscored) > 5 else ''}")
         self._reference_kind = " and ".join(sorted(kinds)) or "none"
+        scored = len(groups) - len(unscored)
+        names = [g.name for g in groups if g.name not in unscored]
+        what = (f"level 0 of {scored} ladder{'s' if scored != 1 else ''} in {path} "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
+        if unscored:
+            what += f", and {len(unscored)} single spectr{'a' if len(unscored) > 1 else 'um'} without a score"
         if not rows:
-            return {"metrics": {}, "baselines": {}, "reference": "none", "n": len(groups)}
-        return self._report({m: mean_metrics(v) for m, v in rows.items()}, len(groups))
+            return {"metrics": {}, "baselines": {}, "reference": "none", "n": len(groups),
+                    "description": f"Denoised {len(groups)} single spectra in {path}; none has a reference or "
+                                   "higher levels to score against"}
+        return self._report({m: mean_metrics(v) for m, v in rows.items()}, len(groups), what)
 
     @staticmethod
     def _read_file(path: Path):

@@ -1,19 +1,23 @@
 """TestTimeTrainer: SADE's test-time self-supervised aggregation, and PRL's preference, per test split."""
 from __future__ import annotations
 
+import inspect
+import time
+import typing
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from base.base_trainer import BaseTrainer
 from data_loader.test_agnostic import describe_splits
 from model.metric import split_scores
 from utils import dist
 from utils.errors import ConfigError
-from utils.registry import TRAINERS
+from utils.registry import MODELS, TRAINERS
 
 STABILITIES = ("discriminative", "sade")
 
@@ -60,6 +64,12 @@ class TestTimeTrainer(BaseTrainer):
 
     ``protocol``: ``"transductive"`` adapts on the split and scores the same split, as SADE does;
     ``"split_half"`` adapts on a random half (seed 0) and scores the other half.
+
+    Under torchrun the result is the one-process result: the test set's features are computed in shards, and in
+    the adaptation every rank reads every batch of views (the same augmentation draws as one process) but runs
+    the model on its slice of each batch only; the slices' features are summed over the ranks, so every rank
+    takes the same step on the same global batch (the model's forward passes, the expensive part, are split; the
+    loading and augmentation of the views are not).
     """
 
     required_sections = ("optimizer",)  # SADE: SGD lr 0.1
@@ -76,11 +86,17 @@ class TestTimeTrainer(BaseTrainer):
         self.stability = stability
         self.min_weight, self.protocol = min_weight, protocol
         self.learn_weights, self.learn_preference = learn_weights, learn_preference
+        declared = _declared_model_class(config["arch"].get("type"))
+        if declared is not None and not hasattr(declared, "expert_features"):  # before the data is read
+            raise _not_multi_expert(config, declared.__name__)
         super().__init__(config, epochs=epochs, **kwargs)
-        if not hasattr(self.raw_model, "expert_features"):
-            raise ConfigError(f'{config.source}: config["arch"]: test-time training adapts a multi-expert model '
-                              f"(MultiExpertResNet32, ...), got {type(self.raw_model).__name__}")
         self.raw_model.requires_grad_(False)
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if not hasattr(model, "expert_features"):  # before the optimizer asks it for its experts
+            raise _not_multi_expert(self.config, type(model).__name__)
+        return model
 
     # --- what is learned --------------------------------------------------------------------------
     def parameter_groups(self):
@@ -132,18 +148,41 @@ class TestTimeTrainer(BaseTrainer):
         """One pass of prediction-stability maximisation over the current split's two views."""
         self.raw_model.eval()
         total, batches = torch.zeros((), device=self.device), 0
-        for batch_idx, ((view1, _, _), (view2, _, _)) in enumerate(zip(self._views(), self._views())):
+        first, second = self._views(), self._views()
+        bar = getattr(self, "_bar", None)
+        if bar is not None and bar.total is None:
+            bar.total = self.epochs * len(first)
+            bar.refresh()
+        for batch_idx, ((view1, _, _), (view2, _, _)) in enumerate(zip(first, second)):
             view1, view2 = self.to_device(view1, view2)
-            with torch.no_grad(), self.autocast():
-                f1, f2 = self.raw_model.expert_features(view1).float(), self.raw_model.expert_features(view2).float()
+            f1, f2 = self._batch_features(view1), self._batch_features(view2)
             p1, p2 = torch.softmax(self.combined(f1), dim=1), torch.softmax(self.combined(f2), dim=1)
             loss = -prediction_stability(p1, p2, self.stability)
             self.backward_step(loss, batch_idx)
             total, batches = total + loss.detach(), batches + 1
+            if bar is not None:
+                bar.update()
             if self._collapsed():
                 self._stopped = True
                 break
-        return {"stability": -float(dist.mean_over_ranks(total, batches))}
+        # every rank computed the same loss on the same batches: its own mean is the mean
+        return {"stability": -float(total / max(batches, 1))}
+
+    @torch.no_grad()
+    def _batch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Expert features ``(B, E, D)`` of a batch of views that every rank holds whole: each rank runs the model
+        on its contiguous slice of the rows and the slices are summed over the ranks (a sum with zeros, exact), so
+        every rank ends with the features of the whole batch. One process: the whole batch at once."""
+        if not dist.is_distributed():
+            with self.autocast():
+                return self.raw_model.expert_features(images).float()
+        n, world, rank = len(images), dist.world_size(), dist.rank()
+        start, stop = n * rank // world, n * (rank + 1) // world
+        features = torch.zeros(n, self.raw_model.num_experts, self.raw_model.feature_dim, device=self.device)
+        if stop > start:
+            with self.autocast():
+                features[start:stop] = self.raw_model.expert_features(images[start:stop]).float()
+        return dist.all_reduce_sum(features)
 
     def _collapsed(self) -> bool:
         """SADE's stop: a learned weight (or the learned preference) fell below ``min_weight``."""
@@ -190,11 +229,17 @@ class TestTimeTrainer(BaseTrainer):
             raise ConfigError(f"{self.config['data_loader']['type']} has no view_loader(): it cannot produce the "
                               "augmented views test-time training needs")
         self.view_source = loader
-        features, targets = self._test_features(loader)
         splits = loader.test_agnostic_splits()
+        self.status(f"Test-time training: expert features of the {len(loader.dataset):,} test images (one pass"
+                    + (f", split over {dist.world_size()} processes" if dist.is_distributed() else "")
+                    + f"), then {len(splits)} splits adapted for up to {self.epochs} "
+                    + ("epochs each" if self.epochs > 1 else "epoch each"))
+        started = time.perf_counter()
+        features, targets = self._test_features(loader)
+        self.status(f"  features in {time.perf_counter() - started:.1f} s")
         self.test_set = describe_splits(targets.numpy(), splits, loader.num_classes)
         results = {}
-        for name, index in splits.items():
+        for number, (name, index) in enumerate(splits.items(), start=1):
             index = np.asarray(index)
             if self.protocol == "split_half":
                 order = np.random.RandomState(0).permutation(len(index))
@@ -206,12 +251,19 @@ class TestTimeTrainer(BaseTrainer):
             with torch.no_grad():  # the model before adaptation (its default combination), for comparison
                 default = self.raw_model.current_preference()
                 mean = self.raw_model.aggregate(self.raw_model.head(features[score], default))
-            for epoch in range(1, self.epochs + 1):
-                self._bad_batch.fill_(-1)
-                self._train_epoch(epoch)
-                self.check_finite(epoch)
-                if self._stopped:
-                    break
+            started = time.perf_counter()
+            self._bar = tqdm(desc=f"adapt {name} ({number}/{len(splits)})", unit="batch", leave=False,
+                             dynamic_ncols=True, disable=not (self.progress_bar and dist.is_main_process()))
+            try:
+                for epoch in range(1, self.epochs + 1):
+                    self._bad_batch.fill_(-1)
+                    self._train_epoch(epoch)
+                    self.check_finite(epoch)
+                    if self._stopped:
+                        break
+            finally:
+                self._bar.close()
+                self._bar = None
             with torch.no_grad():
                 adapted = self.combined(features[score])
             labels = targets[torch.as_tensor(score, dtype=torch.long)]
@@ -221,4 +273,42 @@ class TestTimeTrainer(BaseTrainer):
                              "weights": [round(float(v), 4) for v in self.weights().detach()],
                              "preference": (None if self.preference() is None
                                             else [round(float(v), 4) for v in self.preference().detach()])}
+            stop = (f", stopped in epoch {epoch}: a learned weight fell below {self.min_weight}" if self._stopped
+                    else "")
+            self.status(f"  {name:<11} ({number}/{len(splits)}) adapted on {len(adapt):,} images in "
+                        f"{time.perf_counter() - started:.1f} s ({epoch} epoch{'s' if epoch > 1 else ''}{stop}): "
+                        f"all {results[name]['before_all']:.2f} -> {results[name]['all']:.2f}")
         return results
+
+    def status(self, message: str) -> None:
+        """A line (rank 0, on stdout like the epoch lines of training) saying what a long step is doing; stderr
+        has the progress bars and errors only."""
+        self.logger.info(message)
+
+
+def _declared_model_class(name: Any) -> type | None:
+    """The class a registered model builds, read without building it: the class itself, or the return annotation
+    of a factory function (``def ResNet32(...) -> ResNetCifar``); None when that cannot be told."""
+    try:
+        target = MODELS.get(name)
+    except ConfigError:
+        return None  # ConfigParser names the unknown type
+    if inspect.isclass(target):
+        return target
+    try:
+        declared = typing.get_type_hints(target).get("return")
+    except Exception:  # noqa: BLE001 (an annotation that does not resolve: decide after building)
+        return None
+    return declared if inspect.isclass(declared) else None
+
+
+def _not_multi_expert(config, model: str) -> ConfigError:
+    from utils.cli import ROOT, display_path, script_command
+
+    arch = config["arch"].get("type")
+    built = "" if model == arch else f" ({model})"
+    example = script_command("train.py", "-c", display_path(ROOT / "configs/experts/quickstart_digits_sade.json"))
+    return ConfigError(
+        f"{config.source}: the model, {arch}{built}, has no experts; test-time training learns how a multi-expert "
+        "model combines its experts and needs a multi-expert checkpoint (MultiExpertResNet32, MultiExpertResNeXt50, "
+        f"...), e.g. one trained with {example} (or another configs/experts/*_sade.json or *_hyper.json)")

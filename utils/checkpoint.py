@@ -195,6 +195,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     caller needs (see :data:`ENTRIES`), each reported by name when missing.
     """
     path = Path(path)
+    if path.is_dir():
+        present = [name for name in ("model_best.pth", "latest.pth") if (path / name).is_file()]
+        present += sorted(p.name for p in path.glob("*.pth") if p.name not in present and p.is_file())
+        if present:
+            raise CheckpointError(f"{path} is a run directory, not a checkpoint; give one of its checkpoints: "
+                                  + " or ".join(str(path / name) for name in present[:3]))
+        raise CheckpointError(f"{path} is a directory without checkpoints; give a checkpoint file, e.g. "
+                              f"{path / 'model_best.pth'} or {path / 'latest.pth'} of a run")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     with open(path, "rb") as handle:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import importlib.abc
 import json
 import math
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,46 @@ def flush_denormals_when_torch_loads() -> None:
         sys.meta_path.insert(0, _FlushDenormalsAfterTorch())
 
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: train.py, test.py, configs/
+
+# the checkpoint a Ctrl-C can be resumed from (train.py registers its run's latest.pth), with the launcher
+_RESUMABLE: dict[str, Any] = {}
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a user can type it from the working directory: relative when it lies below it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def script_command(script: str, *args: str) -> str:
+    """The command line running the repository's ``script`` (``train.py``, ``test.py``) from the working
+    directory, e.g. ``python test.py -r ...`` in the repository, ``python /path/to/repo/test.py -r ...`` elsewhere."""
+    from utils import dist  # torch is loaded by now: only runs that trained or evaluated print commands
+
+    launcher = f"torchrun --nproc_per_node {dist.world_size()}" if dist.is_distributed() else "python"
+    return " ".join([launcher, display_path(ROOT / script), *args])
+
+
+def note_resumable(latest: str | Path) -> None:
+    """Tell :func:`run_cli` which checkpoint an interrupted run continues from (its ``latest.pth``)."""
+    _RESUMABLE.update(latest=Path(latest), command=script_command("train.py", "-r", display_path(latest)))
+
+
+def interrupt_message() -> str:
+    """What a Ctrl-C prints: the command that resumes the run, or that there is nothing to resume yet."""
+    latest = _RESUMABLE.get("latest")
+    if latest is None:
+        return "interrupted"
+    if latest.is_file():
+        return f"interrupted; resume the run with: {_RESUMABLE['command']}"
+    return (f"interrupted before the first epoch was saved: {display_path(latest)} does not exist yet, so there is "
+            "nothing to resume; run the command again")
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run an entry point's ``main``: denormals flushed, user errors as one line and exit 2, ^C as exit 130."""
     flush_denormals_when_torch_loads()
@@ -80,7 +121,8 @@ def run_cli(main: Callable[[], Any]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; resume with -r <run directory>/latest.pth", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal: one message
+            print(interrupt_message(), file=sys.stderr)
         sys.exit(130)
     finally:
         if "torch" in sys.modules:  # without torch there is no process group to leave
@@ -100,14 +142,45 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return f"{head}\n{'-' * len(head)}\n{row}"
 
 
-def format_comparison(rows: dict[str, dict[str, Any]]) -> str:
-    """A text table with one row per method (e.g. model and baselines) and one column per metric."""
+def format_comparison(rows: dict[str, dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A text table with one row per method (e.g. model and baselines) and one column per metric (those of
+    ``columns`` that some row has, in that order, when given); 4 significant digits."""
     names = list(dict.fromkeys(k for row in rows.values() for k in row))
+    if columns is not None:
+        names = [c for c in columns if c in names]
     cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     table = [["method", *names]] + [[method, *(cell(row.get(n)) for n in names)] for method, row in rows.items()]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths)) for r in table]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def format_result(result: dict[str, Any], columns: Sequence[str] | None = None, full: str | None = None) -> str:
+    """The table of a trainer's ``test()`` result: with baselines, one row per method (the model first) over
+    ``columns`` (the trainer's ``table_columns``), plus a line saying where the other metrics are (``full``: the
+    JSON file, or None: that ``--out`` writes them); else the model's metrics in two rows."""
+    if not result.get("baselines"):
+        return format_metrics(result["metrics"])
+    rows = {"model": result["metrics"], **result["baselines"]}
+    table = format_comparison(rows, columns)
+    shown = sum(1 for c in columns if any(c in row for row in rows.values())) if columns is not None else None
+    every = len(dict.fromkeys(k for row in rows.values() for k in row))
+    if shown is None or shown == every:
+        return table
+    where = f"in {full}" if full else "with --out FILE.json"
+    return f"{table}\n({shown} of {every} metrics shown; all of them for every method {where})"
+
+
+def format_inference(settings: dict[str, Any] | None) -> str | None:
+    """One line naming the expert weights (and preference) an evaluation used, and where they came from; None
+    for a model without experts (``settings`` from the trainer's ``inference_settings()``)."""
+    if not settings:
+        return None
+    vector = lambda values: "[" + ", ".join(f"{v:.4g}" for v in values) + "]"  # noqa: E731
+    line = f"Expert weights {vector(settings['weights'])} ({settings['weights_from']})"
+    if settings.get("preference") is not None:
+        line += f"; preference {vector(settings['preference'])} ({settings['preference_from']})"
+    return line
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -126,15 +199,35 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n", "output file")
 
 
-def check_output_path(path: str | Path, option: str = "--out") -> None:
+def check_output_path(path: str | Path, option: str = "--out", directory: bool = False) -> None:
     """Refuse an output path that cannot become a file (a directory, a file where its directory belongs) before the
-    work that produces it; the write itself is atomic (see :func:`write_json`)."""
+    work that produces it; the write itself is atomic (see :func:`write_json`). With ``directory``: a path that
+    cannot become a directory (a file there or above it)."""
     path = Path(path)
+    if directory:
+        blocker = first_file_in_path(path)
+        if blocker is not None:
+            raise StorageError(f"{option} {path}: {blocker} is a file; give a directory for the figures")
+        return
     if path.is_dir():
         raise StorageError(f"{option} {path}: it is a directory; give a file name, e.g. {option} {path / 'out.json'}")
     blocker = first_file_in_path(path.parent)
     if blocker is not None:
         raise StorageError(f"{option} {path}: {blocker} is a file, not a directory")
+
+
+def add_figures_argument(parser) -> None:
+    """``--figures DIR`` of the evaluation scripts: PNG figures are written only when asked, into DIR."""
+    parser.add_argument("--figures", metavar="DIR",
+                        help="write the evaluation's figures as PNG files into this directory (created if needed)")
+
+
+def save_figures(figures: dict[str, Any], directory: str | Path) -> list[Path]:
+    """Save ``{tag: figure}`` as ``directory/<tag>.png`` (the directory created); returns the paths written."""
+    from utils.plots import save_figure  # matplotlib only when figures are asked for
+
+    make_dirs(Path(directory), "figures directory")
+    return [save_figure(figure, Path(directory) / f"{tag}.png") for tag, figure in figures.items()]
 
 
 def add_inference_arguments(parser) -> None:
