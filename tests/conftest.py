@@ -31,6 +31,16 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """Entry points run in-process (``run_cli``) flush subnormal floats for the whole process, as they should in a
+    real run; turn it off again after each test, so that later tests (hypothesis draws subnormal floats and refuses
+    to run where they are flushed) do not depend on the order the tests ran in."""
+    yield
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory):
     """Full-size random CIFAR-10 (5,000 / 1,000 per class) and CIFAR-100 (500 / 100) in one directory.
