@@ -229,7 +229,8 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
         top_packed = packed.view(batch, levels, -1)[:, -1:].expand(batch, levels, -1).flatten(0, 1)
         scales = scale_packed(packed, top_packed, valid, MAD_TO_SIGMA * mad, group=levels).view(batch, levels)
         scales = (scales / scales[:, :1]).float()
-        x = x * scales[..., None]
+        # in place when x is the aligned copy made here; without alignment it may be the caller's tensor
+        x = x.mul_(scales[..., None]) if align else x * scales[..., None]
         packed = packed * scales.flatten()[:, None]
         base, mad = base * scales.flatten(), mad * scales.flatten().abs()
     else:
@@ -237,7 +238,7 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
     snr = _snr(packed, valid.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
-    target = (weights[..., None] * x).sum(1)
+    target = torch.bmm(weights[:, None].to(x.dtype), x)[:, 0]   # Σ_k w_k·x_k in one pass, no (B, K+1, L) temporary
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
                   weights=weights, shifts=shifts, scales=scales)
 
