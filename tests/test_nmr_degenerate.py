@@ -123,6 +123,7 @@ def test_train_py_refuses_a_noise_only_ladder_before_creating_the_run(tmp_path):
     config["data_loader"] = {"type": "NMRDirectory", "args": {"data_dir": str(data_dir), "batch_size": 2,
                                                               "validation_split": 0}}
     config["trainer"]["args"].update(save_dir=str(saved), epochs=1, phase_a_epochs=1)
+    config["lr_scheduler"]["args"]["warmup_epochs"] = 0   # a warm-up as long as the run is refused
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     done = run_script("train.py", "-c", str(path), "-d", "cpu", cwd=tmp_path)
