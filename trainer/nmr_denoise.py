@@ -33,9 +33,15 @@ from utils.registry import TRAINERS
 from utils.safe_paths import path_inside
 
 
+def _ladder_dataset(dataset):
+    """The LadderDataset behind a loader's dataset (through a validation Subset, whose items carry the full
+    dataset's index)."""
+    return dataset.dataset if hasattr(dataset, "indices") else dataset
+
+
 def _dataset_names(dataset) -> list[str]:
-    """The names of a ladder dataset's items (through a validation Subset: items carry the full dataset's index)."""
-    return (dataset.dataset if hasattr(dataset, "indices") else dataset).names
+    """The names of a ladder dataset's items, indexed as its items' ``index``."""
+    return _ladder_dataset(dataset).names
 
 
 # logged each validation epoch (test.py reports every key of model/nmr_metrics.py)
@@ -309,8 +315,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         return {k: result["model"].get(k) for k in REPORTED}
 
     def _evaluate_loader(self, loader, output_dir: Path | None = None, baselines: bool = True) -> dict[str, dict]:
-        dataset = loader.dataset
-        base = dataset.dataset if hasattr(dataset, "indices") else dataset
+        base = _ladder_dataset(loader.dataset)
         ppm = base.ppm.numpy() if base.ppm is not None else None
         rows: dict[str, list] = {}
         indices: list[int] = []
