@@ -226,19 +226,24 @@ def test_every_shipped_config_builds_here_unmutated(path, generated, tmp_path, m
         == "built"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-          derandomize=True)
-@given(data=st.data())
+def over_every_config(examples: int):
+    """The decorators of a fuzz test: one test per shipped config, ``examples`` reproducible hypothesis draws each
+    (derandomized: a failure reruns the same mutations)."""
+    def decorate(test):
+        test = given(data=st.data())(test)
+        test = settings(max_examples=examples, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.function_scoped_fixture])(test)
+        return pytest.mark.parametrize("path", CONFIGS, ids=IDS)(test)
+    return decorate
+
+
+@over_every_config(2)
 def test_mutated_config_fails_cleanly_or_builds(path, generated, tmp_path, monkeypatch, data):
     fuzz(path, generated, tmp_path, monkeypatch, data)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "6")), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
+@over_every_config(int(os.environ.get("FUZZ_EXAMPLES", "6")))
 def test_mutated_config_fails_cleanly_or_builds_many(path, generated, tmp_path, monkeypatch, data):
     fuzz(path, generated, tmp_path, monkeypatch, data)
 
@@ -481,9 +486,6 @@ def fuzz_sizes(path: Path, generated: dict, tmp_path: Path, monkeypatch, data) -
         assert outcome == "ConfigError", f"{description}: accepted"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-@settings(max_examples=int(os.environ.get("FUZZ_SIZE_EXAMPLES", "3")), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
+@over_every_config(int(os.environ.get("FUZZ_SIZE_EXAMPLES", "3")))
 def test_size_and_text_mutations_fail_cleanly_or_build(path, generated, tmp_path, monkeypatch, data):
     fuzz_sizes(path, generated, tmp_path, monkeypatch, data)
