@@ -9,8 +9,8 @@ the loops of utils/optim.py register (read from torch's installed sources, ``tor
 It gives up, and :func:`static_entries` returns None so that the caller imports the components instead, on any
 registration it cannot read exactly: a ``register`` call that is not a lone decorator of a top-level definition,
 a name or a docstring computed by code it does not follow, a class that would inherit its docstring, a torch
-layout it does not know. tests/test_registry_index.py compares the result with the imported registries, name by
-name and line by line, so the two cannot drift apart unnoticed.
+layout it does not know. ``test_index_equals_the_imported_registries`` (tests/test_startup.py) compares the result
+with the imported registries, name by name and line by line, so the two cannot drift apart unnoticed.
 """
 from __future__ import annotations
 
