@@ -65,14 +65,20 @@ def test_list_with_a_misspelt_kind_suggests_the_close_one():
     assert "ResNet32" in train.list_registered("model")
 
 
-def test_entry_points_flush_denormals_in_every_intra_op_thread(tmp_path):
+SUBNORMAL_PRODUCT = ("    torch.set_num_threads(2)\n"
+                     "    x = torch.full((1 << 22,), 1e-30) * 1e-9\n"  # 1e-39 is subnormal in float32
+                     "    print(int(x.count_nonzero()))\n")
+
+
+@pytest.mark.parametrize("probe", [
+    # torch imported before run_cli: it flushes at once
+    "import torch; from utils.cli import run_cli\ndef main():\n" + SUBNORMAL_PRODUCT + "run_cli(main)\n",
+    # the entry points import torch late (inside main): run_cli's import hook flushes as torch loads
+    "from utils.cli import run_cli\ndef main():\n    import torch\n" + SUBNORMAL_PRODUCT + "run_cli(main)\n",
+], ids=["torch_first", "torch_inside_main"])
+def test_entry_points_flush_denormals_in_every_intra_op_thread(probe):
     """run_cli (every entry point) flushes subnormal floats before torch starts its threads: a product that is
     subnormal comes out zero in every chunk of a parallel operation, not only in the main thread's."""
-    probe = ("import torch; from utils.cli import run_cli; torch.set_num_threads(2)\n"
-             "def main():\n"
-             "    x = torch.full((1 << 22,), 1e-30) * 1e-9\n"  # 1e-39 is subnormal in float32
-             "    print(int(x.count_nonzero()))\n"
-             "run_cli(main)\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     plain = subprocess.run([sys.executable, "-c", probe.replace("run_cli(main)", "main()")], cwd=ROOT,

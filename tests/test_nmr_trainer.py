@@ -170,14 +170,18 @@ def test_test_cli_on_one_file_and_bad_files(nmr_config, tmp_path):
         test_cli.main(["-r", checkpoint, "--data_dir", str(data_dir), "-d", "cpu"])
 
 
-def test_directory_loader_trains_and_scores_against_pseudo_ground_truth(nmr_config, tmp_path):
-    data_dir = tmp_path / "train"
+def train_on_a_directory(nmr_config, data_dir, run_id):
+    """One epoch on 6 generated ladders in ``data_dir`` through NMRDirectory (2 held back): ``(trainer, parsed)``."""
     write_ladders(data_dir, count=6, clean=False)
     nmr_config["data_loader"] = {"type": "NMRDirectory", "args": {"data_dir": str(data_dir), "batch_size": 4,
                                                                   "levels": 4, "validation_split": 2}}
     nmr_config["trainer"]["args"].update(epochs=1, phase_a_epochs=1)
     nmr_config["lr_scheduler"]["args"]["warmup_epochs"] = 0
-    trainer, _ = run_training(nmr_config, run_id="dir")
+    return run_training(nmr_config, run_id=run_id)
+
+
+def test_directory_loader_trains_and_scores_against_pseudo_ground_truth(nmr_config, tmp_path):
+    trainer, _ = train_on_a_directory(nmr_config, tmp_path / "train", "dir")
     result = trainer.test()
     assert result["reference"] == "pseudo_ground_truth" and result["n"] == 6
     nmr_config["data_loader"]["args"]["levels"] = 5
@@ -213,12 +217,7 @@ def test_directory_checkpoint_evaluates_spectra_of_other_axes_without_its_traini
     import shutil
 
     train_dir = tmp_path / "train"
-    write_ladders(train_dir, count=6, clean=False)
-    nmr_config["data_loader"] = {"type": "NMRDirectory", "args": {"data_dir": str(train_dir), "batch_size": 4,
-                                                                  "levels": 4, "validation_split": 2}}
-    nmr_config["trainer"]["args"].update(epochs=1, phase_a_epochs=1)
-    nmr_config["lr_scheduler"]["args"]["warmup_epochs"] = 0
-    _, parsed = run_training(nmr_config, run_id="dir_eval")
+    _, parsed = train_on_a_directory(nmr_config, train_dir, "dir_eval")
     shutil.rmtree(train_dir)
     mine = tmp_path / "mine"
     write_ladders(mine, count=1, clean=False)
