@@ -31,6 +31,7 @@ from typing import Any
 from utils import registry_index, safe_json
 from utils.errors import ConfigError, StorageError, format_path
 from utils.files import RunLock, atomic_write_text, first_file_in_path, make_dirs
+from utils.process import MAX_THREADS, apply_threads, launch_rank, resolve_threads
 from utils.registry import (
     DATA_LOADERS,
     LOSSES,
@@ -74,7 +75,6 @@ METRIC_SUPPLIED = frozenset({"cls_num_list", "num_classes"})
 RUNTIME_ONLY = frozenset({"training", "params", "optimizer", "config"})
 
 MAX_SEED = 2**32 - 1
-MAX_THREADS = 1024
 MAX_LR = 100.0
 # (key path, low, high, high included, what the value is): numbers outside are refused before anything is built or
 # written. A value of another type is left to the registry's type check. "*" matches every index of a list.
@@ -466,14 +466,6 @@ def _rescale_for_cli(config: dict, epochs: int, args: argparse.Namespace, source
         print(format_changes(epochs, changes))
 
 
-def launch_rank() -> int:
-    """This process's rank under torchrun, known before the process group exists (the config is read first)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 def _override_hint(message: str, config: dict, created: list[tuple[str, tuple]]) -> str:
     """For a refused config: the key paths a ``--set`` that added a key the error names may have meant (paths of
     ``config`` outside what the ``--set`` added)."""
@@ -486,50 +478,6 @@ def _override_hint(message: str, config: dict, created: list[tuple[str, tuple]])
         if close:
             return f" (--set {key_path} added a key the config did not have; did you mean {' or '.join(close)}?)"
     return ""
-
-
-def resolve_threads(config: dict, requested: int | None = None) -> str | None:
-    """Set ``config["threads"]`` to the CPU thread count this process will use, so that the run records it.
-
-    ``requested`` (``--threads``) wins; else the config's count, lowered to the CPUs this process may use when it
-    asks for more (a checkpoint written on a larger machine: oversubscribed threads are many times slower); else
-    torch's current count (recorded by :meth:`ConfigParser.apply_threads`, after validation, so that a bad config is
-    refused before torch is imported). Returns a line to print when it lowered the count. A count of the wrong type
-    is left for validation to refuse.
-    """
-    if requested is not None:
-        config["threads"] = requested
-        return None
-    wanted = config.get("threads")
-    if wanted is None:   # torch's count, recorded by ConfigParser.apply_threads once the config is valid
-        return None
-    available = available_cpus()
-    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > available:
-        config["threads"] = available
-        return (f"threads: the config asks for {wanted} CPU threads but this process may use {available} CPUs; "
-                f"using {available} (results on CPU can differ slightly from a {wanted}-thread run: --threads "
-                f"{wanted} keeps that count)")
-    return None
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the platform has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def apply_threads(count: int) -> None:
-    """``torch.set_num_threads(count)``, and the inter-op pool to the same count where torch still allows it (only
-    before its first inter-op parallel work)."""
-    import torch
-
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
-    with contextlib.suppress(RuntimeError):
-        if torch.get_num_interop_threads() != count:
-            torch.set_num_interop_threads(count)
 
 
 class ConfigParser:

@@ -28,14 +28,13 @@ from parse_config import (
     apply_override,
     checkpoint_plugins,
     deep_merge,
-    launch_rank,
     load_json,
-    resolve_threads,
 )
 from test_all import format_table, shot_settings
 from train import build_trainer, with_data_dir
 from utils.cli import check_output_path, run_cli, write_json
 from utils.errors import ConfigError
+from utils.process import launch_rank, resolve_threads
 
 
 def merged_config(test_time: dict, checkpoint_config: dict) -> dict:

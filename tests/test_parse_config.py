@@ -363,9 +363,9 @@ def test_the_config_count_is_used_and_lowered_to_the_cpus_available(tiny_config,
                                                                     monkeypatch):
     import torch
 
-    import parse_config
+    from utils import process
 
-    monkeypatch.setattr(parse_config, "available_cpus", lambda: 2)
+    monkeypatch.setattr(process, "available_cpus", lambda: 2)
     tiny_config["threads"] = 1
     assert parse(["-c", str(write(tmp_path, tiny_config))])["threads"] == 1 and torch.get_num_threads() == 1
     tiny_config["threads"] = 64  # e.g. a checkpoint written on a larger machine

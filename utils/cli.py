@@ -15,6 +15,7 @@ from typing import Any
 
 from utils.errors import ConfigError, FrameworkError, StorageError
 from utils.files import atomic_write_text, first_file_in_path, make_dirs
+from utils.process import launch_rank
 
 
 def flush_denormals() -> None:
@@ -121,7 +122,7 @@ def run_cli(main: Callable[[], Any]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal: one message
+        if launch_rank() == 0:  # under torchrun every rank gets the signal: one message
             print(interrupt_message(), file=sys.stderr)
         sys.exit(130)
     finally:
