@@ -44,6 +44,16 @@ def _dataset_names(dataset) -> list[str]:
     return _ladder_dataset(dataset).names
 
 
+def _without(windows: torch.Tensor, names: list[str] | None,
+             dropped: set[int]) -> tuple[torch.Tensor, list[str] | None]:
+    """The cropped ladders of a batch and their names without those at ``dropped``; a DataError when none is left."""
+    keep = [i for i in range(len(windows)) if i not in dropped]
+    if not keep:
+        raise DataError("no ladder of this training window has a peak (train_crop cut them all out); "
+                        "raise train_crop's minimum length")
+    return windows[keep], None if names is None else [names[i] for i in keep]
+
+
 # logged each validation epoch (test.py reports every key of model/nmr_metrics.py)
 REPORTED = ("snr_in", "snr_out", "snr_gain", "snr_p95_gain", "peak_f1", "peak_shift", "height_rel_err",
             "fwhm_rel_err", "integral_rel_err", "l1", "l2")
@@ -205,12 +215,7 @@ class NMRDenoiseTrainer(BaseTrainer):
         problems = ladder_problems(windows, need_peaks=self.fusion["rescale"])
         if not problems:
             return windows, names
-        dropped = {index for index, _ in problems}
-        keep = [i for i in range(len(windows)) if i not in dropped]
-        if not keep:
-            raise DataError("no ladder of this training window has a peak (train_crop cut them all out); "
-                            "raise train_crop's minimum length")
-        return windows[keep], None if names is None else [names[i] for i in keep]
+        return _without(windows, names, {index for index, _ in problems})
 
     def prepare_windows(self, windows: torch.Tensor, names: list[str] | None) -> Ladder:
         """The prepared batch of cropped ladders, without the windows that lost their peaks: those :meth:`with_peaks`
@@ -222,11 +227,7 @@ class NMRDenoiseTrainer(BaseTrainer):
                 with torch.no_grad():
                     return prepare_ladder(windows, **self.fusion)
             except LadderError as err:   # whole ladders were checked when loaded: only the window can be at fault
-                keep = [i for i in range(len(windows)) if i != err.index]
-                if not keep:
-                    raise DataError("no ladder of this training window has a peak (train_crop cut them all out); "
-                                    "raise train_crop's minimum length") from None
-                windows, names = windows[keep], None if names is None else [names[i] for i in keep]
+                windows, names = _without(windows, names, {err.index})
 
     def training_loss(self, spectra: torch.Tensor, epoch: int,
                       names: list[str] | None = None) -> dict[str, torch.Tensor]:

@@ -200,7 +200,6 @@ class PrefixPlan:
     frac: torch.Tensor         # (G·group,) interpolation weight towards the next order statistic
     empty: torch.Tensor        # (G·group,) rows without points (NaN)
     group: int
-    fallback: RankPlan | None  # off the CPU
 
     @classmethod
     def build(cls, valid: torch.Tensor, q: float, group: int = 1) -> PrefixPlan | RankPlan | None:
@@ -211,8 +210,7 @@ class PrefixPlan:
         virtual = (counts.double() - 1) * q
         lower = virtual.floor().clamp_min(0)
         frac = (virtual - lower).repeat_interleave(group)
-        return cls(counts.tolist(), lower.long().tolist(), frac, (counts == 0).repeat_interleave(group), group,
-                   None)
+        return cls(counts.tolist(), lower.long().tolist(), frac, (counts == 0).repeat_interleave(group), group)
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """The quantile ``(G·group,)`` of the prefix points of each row of ``values`` ``(G·group, W)`` (finite)."""
