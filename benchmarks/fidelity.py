@@ -15,7 +15,9 @@ overrides exactly as a user would:
 
 Only the data (``data_dir``, ``download false``, the generated set's size) and the schedule change: ``--epochs N``
 sets every config's epochs to ``ceil(E * N / 200)`` (E its own epochs: 200 for stage 1 and the one-stage
-methods, 10 for MiSLAS stage 2, 100 for LNR stage 2) and scales the milestones and warm-up by the same factor.
+methods, 10 for MiSLAS stage 2, 100 for LNR stage 2), but a stage 2 keeps at least ``min(E, 10)`` (it trains only
+the classifier, so it is cheap, and one epoch of a few batches would re-learn nothing), and scales the milestones
+and warm-up by the same factor.
 Checkpoints are scored with ``test_all.py``'s functions (``trainer_for_checkpoint``, ``evaluate_all``; the
 PRL sweep through ``--preference``'s ``configure_inference``) and test-time training with ``test_training.main``
 on the SADE checkpoint and configs/experts/test_time_cifar100.json (the CIFAR test-time recipe). Many/medium/few
@@ -64,6 +66,7 @@ SETS = {  # name -> generator arguments
 RANGES = {10: [[0, 3], [3, 7], [7, 10]], 100: [[0, 36], [36, 71], [71, 100]]}
 SWEEP = [(1, 0, 0), (0.5, 0.5, 0), (0, 1, 0), (0, 0.5, 0.5), (0, 0, 1)]
 PAPER_EPOCHS = 200
+STAGE2_MIN_EPOCHS = 10
 METHODS = ("softmax", "stage1", "mislas", "lnr", "sade", "prl")
 
 
@@ -83,6 +86,8 @@ def schedule_overrides(config: dict, epochs: int) -> list[str]:
     own = config["trainer"]["args"]["epochs"]
     factor = epochs / PAPER_EPOCHS
     new = max(1, math.ceil(own * factor))
+    if own < PAPER_EPOCHS:  # a stage 2 (classifier only): cheap, and a one-epoch stage 2 would re-learn nothing
+        new = max(new, min(own, STAGE2_MIN_EPOCHS))
     sets = [f"trainer.args.epochs={new}"]
     sched = config.get("lr_scheduler") or {}
     args = sched.get("args") or {}

@@ -45,7 +45,7 @@ def test_schedule_scaling():
     assert schedule_overrides(stage1, 30) == ["trainer.args.epochs=30", "lr_scheduler.args.milestones=[24, 27]",
                                               "lr_scheduler.args.warmup_epochs=1"]
     mislas = json.loads(config_paths(10)["mislas"].read_text())
-    assert schedule_overrides(mislas, 30) == ["trainer.args.epochs=2"]  # 10 of 200 -> ceil(1.5)
+    assert schedule_overrides(mislas, 30) == ["trainer.args.epochs=10"]  # ceil(1.5), but a stage 2 keeps 10
     lnr = json.loads(config_paths(100)["lnr"].read_text())
     assert schedule_overrides(lnr, 30)[0] == "trainer.args.epochs=15"
     assert all(p.exists() for p in [*config_paths(10).values(), *config_paths(100).values()]), ROOT
