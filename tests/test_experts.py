@@ -19,6 +19,7 @@ import test_training
 import train
 from model.expert_loss import DiverseExpertLoss, inverse_prior, scalarize
 from parse_config import ConfigParser, load_json
+from utils.errors import ConfigError
 from utils.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +202,18 @@ def test_every_test_time_config_merges_and_validates(path, expert_config):
     merged = test_training.merged_config(load_json(path), expert_config)
     assert merged["trainer"]["type"] == "TestTimeTrainer"
     ConfigParser(merged, source=str(path))
+
+
+def test_the_prior_guard_needs_a_loss_with_logit_adjustments(expert_config):
+    """The guard reads each expert's logit adjustment from the checkpoint's loss: without one it is a clear error
+    that names the way out, before any image is read."""
+    merged = test_training.merged_config(load_json(ROOT / "configs/experts/test_time_quickstart_digits.json"),
+                                         expert_config)
+    merged["loss"] = {"type": "CrossEntropy", "args": {}}
+    with pytest.raises(ConfigError, match='guard "prior" needs .* got CrossEntropy; set trainer.args.guard to "none"'):
+        train.build_trainer(ConfigParser(merged))
+    merged["trainer"]["args"]["guard"] = "none"
+    train.build_trainer(ConfigParser(merged))  # unchecked adaptation needs no adjustments
 
 
 # --- orderings that must hold on a small learnable set (fast: synthetic features, full-batch steps) ----------

@@ -265,6 +265,7 @@ class TestTimeTrainer(BaseTrainer):
         return epoch
 
     def _state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of what is learned (the weight and preference logits), to score or restore a combination."""
         return self.weight_logits.detach().clone(), self.preference_logits.detach().clone()
 
     def _load_state(self, state: tuple[torch.Tensor, torch.Tensor]) -> None:
