@@ -13,7 +13,8 @@ split is scored. A test set with unequal class counts is split as test_all.py do
 and the images each split used are printed. It says what is running: the feature pass, one line per split with its
 elapsed time, and a progress bar per split on a terminal (stderr); under torchrun the result is one process's. Prints
 the table of test_all.py with the learned values at the end; --out
-writes {"splits": {name: {"n", "many", "medium", "few", "all", "before_all", "weights", "preference"}},
+writes {"splits": {name: {"n", "many", "medium", "few", "all", "before_all", "unguarded_all", "accepted", "weights",
+"preference"}},
 "shot_groups": TEXT, "test_set": {...}, ...}.
 """
 from __future__ import annotations
@@ -105,10 +106,13 @@ def main(argv=None) -> None:
           f"stop below weight {trainer.min_weight}); labels used only for scoring")
     print(format_split_report(trainer.test_set))
     print(format_table(splits, shot_groups))
-    print(f"{'split':<12}{'before':>17}{'adapted':>10}  weights / preference")
+    # "unguarded": the adaptation before the guard; "kept": the guard refused it and the model's own combination
+    # was scored
+    print(f"{'split':<12}{'before':>17}{'adapted':>10}{'unguarded':>11}  weights / preference")
     for name, r in splits.items():
-        print(f"{name:<12}{r['before_all']:>17.2f}{r['all']:>10.2f}  {r['weights']}"
-              + (f" / {r['preference']}" if r["preference"] is not None else ""))
+        print(f"{name:<12}{r['before_all']:>17.2f}{r['all']:>10.2f}{r['unguarded_all']:>11.2f}  {r['weights']}"
+              + (f" / {r['preference']}" if r["preference"] is not None else "")
+              + ("" if r["accepted"] else "  (kept: the guard refused the adaptation)"))
     if args.out:
         write_json(args.out, {"splits": splits, "checkpoint": str(args.resume), "config": args.config,
                               "shot_groups": shot_groups, "test_set": trainer.test_set})

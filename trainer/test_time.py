@@ -20,6 +20,7 @@ from utils.errors import ConfigError
 from utils.registry import MODELS, TRAINERS
 
 STABILITIES = ("discriminative", "sade")
+GUARDS = ("prior", "none")
 
 
 def prediction_stability(p1: torch.Tensor, p2: torch.Tensor, kind: str = "discriminative") -> torch.Tensor:
@@ -44,6 +45,46 @@ def prediction_stability(p1: torch.Tensor, p2: torch.Tensor, kind: str = "discri
     return same - cross
 
 
+def implied_log_prior(weights: torch.Tensor, adjustments: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """The log test prior ``(C,)`` that the combination ``sum_j w_j z_j`` of experts trained with logit
+    adjustments ``(E, C)`` assumes, up to a constant: ``log_prior - w @ adjustments``. Expert j learns
+    ``z_j + adj_j ~ log p_train(y|x)``, i.e. ``z_j ~ log p(x|y) + log_prior - adj_j``: it predicts for a test set
+    with prior ``exp(log_prior - adj_j)`` (SADE: the training prior, the uniform one, the inverse one at tau)."""
+    return log_prior - weights.to(adjustments.dtype) @ adjustments
+
+
+def em_prior(balanced: torch.Tensor, log_init: torch.Tensor, steps: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """The label prior ``(C,)`` of unlabelled images that maximises their likelihood under label shift
+    (Saerens et al. 2002, EM), from their class-conditional log-likelihoods ``balanced`` ``(N, C)`` (logits
+    minus the prior they assume; any per-image constant) and a starting log prior ``(C,)``."""
+    prior = torch.softmax(log_init.float(), 0)
+    for _ in range(steps):
+        new = torch.softmax(balanced.float() + prior.clamp_min(1e-12).log(), 1).mean(0)
+        done = float((new - prior).abs().max()) < tol
+        prior = new
+        if done:
+            break
+    return prior
+
+
+def prior_gap(estimate: torch.Tensor, log_prior: torch.Tensor) -> float:
+    """KL(estimate || softmax(log_prior)): how far an assumed prior is from the estimated one."""
+    assumed = torch.log_softmax(log_prior.float(), 0)
+    return float((estimate * (estimate.clamp_min(1e-12).log() - assumed)).sum())
+
+
+def prior_guard(start_logits: torch.Tensor, start: torch.Tensor, adapted: torch.Tensor, adjustments: torch.Tensor,
+                log_prior: torch.Tensor) -> tuple[float, float]:
+    """The prior guard's two distances, ``(before, after)``: KL from the EM estimate of the images' label prior
+    to the prior the starting weights ``start`` ``(E,)`` assume, and to the one the adapted weights assume. The
+    estimate comes from the start's logits ``(N, C)`` made class-conditional by subtracting the prior they assume
+    (:func:`implied_log_prior` with the loss's ``adjustments`` ``(E, C)`` and training ``log_prior`` ``(C,)``).
+    The adaptation is kept when ``after < before``."""
+    assumed = implied_log_prior(start, adjustments, log_prior)
+    estimate = em_prior(start_logits - assumed, assumed)
+    return prior_gap(estimate, assumed), prior_gap(estimate, implied_log_prior(adapted, adjustments, log_prior))
+
+
 @TRAINERS.register()
 class TestTimeTrainer(BaseTrainer):
     """Adapts how a trained multi-expert model combines its experts to an unlabelled test set.
@@ -55,15 +96,25 @@ class TestTimeTrainer(BaseTrainer):
     A hypernetwork model that weights its experts by its preference (``aggregate_by_preference``) learns the
     preference alone, which then both conditions the heads and weights the experts, as in inference.
 
-    ``stability``: ``"discriminative"`` (default) is the views' agreement on the same image minus their mean
-    agreement across different images of the batch (:func:`prediction_stability`); ``"sade"`` is SADE's plain
-    agreement, which any input-independent prediction maximises and which on small long-tailed sets pulls the
-    weights onto the most prior-biased expert (the README shows the measurement). The configured optimizer
-    (SGD in SADE) runs for ``epochs`` passes and stops as soon as a learned weight falls below ``min_weight``
-    (0.05). The model is frozen in eval mode. Labels are read only to score.
+    ``stability``: ``"sade"`` (default) is SADE's agreement of the two views' predictions of the same image;
+    ``"discriminative"`` subtracts their mean agreement across different images of the batch
+    (:func:`prediction_stability`). The configured optimizer (SGD in SADE) runs for ``epochs`` passes and stops
+    as soon as a learned weight falls below ``min_weight`` (0.05). The model is frozen in eval mode. Labels are
+    read only to score.
 
     ``protocol``: ``"transductive"`` adapts on the split and scores the same split, as SADE does;
     ``"split_half"`` adapts on a random half (seed 0) and scores the other half.
+
+    ``guard``: ``"prior"`` (default) keeps an adaptation only if it moved the test prior the combination assumes
+    (:func:`implied_log_prior`, from the checkpoint loss's logit adjustments) toward the split's label prior as
+    estimated by EM on the unlabelled images (:func:`em_prior`, on the model's own combination); otherwise the
+    model's own combination is kept (``"accepted": false`` and the refused adaptation's ``"unguarded_all"`` in
+    the results). Neither signal is trustworthy alone on a small long-tailed model: each stability moves the
+    weights the same way on every split (SADE's toward the tail expert, the discriminative one toward the head:
+    the model's bias, not the split's), and EM's estimate leans to the head (tail images it cannot recognise
+    look like head ones). The guard keeps what both support; with SADE's stability it refuses the tail-ward
+    moves EM does not see, so it cannot gain on a backward split where EM's estimate is head-biased, but it does
+    not lose there either. ``"none"``: keep every adaptation (SADE). The README has the measurements.
 
     Under torchrun the result is the one-process result: the test set's features are computed in shards, and in
     the adaptation every rank reads every batch of views (the same augmentation draws as one process) but runs
@@ -77,13 +128,15 @@ class TestTimeTrainer(BaseTrainer):
 
     def __init__(self, config, epochs: int = 5, min_weight: float = 0.05,
                  protocol: Literal["transductive", "split_half"] = "transductive", learn_weights: bool = True,
-                 learn_preference: bool = True, stability: Literal["discriminative", "sade"] = "discriminative",
-                 **kwargs):
+                 learn_preference: bool = True, stability: Literal["discriminative", "sade"] = "sade",
+                 guard: Literal["prior", "none"] = "prior", **kwargs):
         if not 0 <= min_weight < 1:
             raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
         if stability not in STABILITIES:
             raise ValueError(f"stability must be one of {', '.join(STABILITIES)}, got {stability!r}")
-        self.stability = stability
+        if guard not in GUARDS:
+            raise ValueError(f"guard must be one of {', '.join(GUARDS)}, got {guard!r}")
+        self.stability, self.guard = stability, guard
         self.min_weight, self.protocol = min_weight, protocol
         self.learn_weights, self.learn_preference = learn_weights, learn_preference
         declared = _declared_model_class(config["arch"].get("type"))
@@ -91,6 +144,10 @@ class TestTimeTrainer(BaseTrainer):
             raise _not_multi_expert(config, declared.__name__)
         super().__init__(config, epochs=epochs, **kwargs)
         self.raw_model.requires_grad_(False)
+        if guard == "prior" and not hasattr(self.criterion, "adjustments"):
+            raise ConfigError(f"{config.source}: guard \"prior\" needs the checkpoint's loss to give each expert's "
+                              f"logit adjustment (DiverseExpertLoss, SADE / PRL), got {type(self.criterion).__name__}; "
+                              'set trainer.args.guard to "none" to adapt unchecked')
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
@@ -193,6 +250,48 @@ class TestTimeTrainer(BaseTrainer):
     def _views(self):
         return self.view_source.view_loader(self._adapt_index)
 
+    def _adapt(self, index) -> int:
+        """From the model's own combination, maximise the stability on the views of images ``index`` for up to
+        ``epochs`` epochs (SADE's stop below ``min_weight``); returns the number of epochs run."""
+        self._adapt_index, self._stopped = index, False
+        self._reset()
+        epoch = 0
+        for epoch in range(1, self.epochs + 1):
+            self._bad_batch.fill_(-1)
+            self._train_epoch(epoch)
+            self.check_finite(epoch)
+            if self._stopped:
+                break
+        return epoch
+
+    def _state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of what is learned (the weight and preference logits), to score or restore a combination."""
+        return self.weight_logits.detach().clone(), self.preference_logits.detach().clone()
+
+    def _load_state(self, state: tuple[torch.Tensor, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.weight_logits.copy_(state[0])
+            self.preference_logits.copy_(state[1])
+
+    @torch.no_grad()
+    def _prior_check(self, features: torch.Tensor, start: tuple[torch.Tensor, torch.Tensor]) -> str | None:
+        """The prior guard (:func:`prior_guard`) on the adaptation images' expert features ``(N, E, D)``: None
+        when the adapted combination is kept, else why not (for the status line). The features are whole on every
+        rank, so every rank decides the same."""
+        adapted = self._state()
+        adapted_weights = self.weights().detach()
+        self._load_state(start)
+        start_weights, start_logits = self.weights().detach(), self.combined(features)
+        self._load_state(adapted)
+        loss = self.criterion
+        before, after = prior_guard(start_logits, start_weights, adapted_weights,
+                                    loss.adjustments(self.raw_model.num_experts).to(self.device),
+                                    loss.log_prior.to(self.device))
+        if after < before:
+            return None
+        return (f"it moved the assumed prior away from the EM estimate of the split's, KL {before:.3f} -> "
+                f"{after:.3f}")
+
     # --- the whole protocol -------------------------------------------------------------------------
     @torch.no_grad()
     def _test_features(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,21 +345,23 @@ class TestTimeTrainer(BaseTrainer):
                 adapt, score = index[order[: len(index) // 2]], index[order[len(index) // 2:]]
             else:
                 adapt = score = index
-            self._adapt_index, self._stopped = adapt, False
-            self._reset()
+            started = time.perf_counter()
             with torch.no_grad():  # the model before adaptation (its default combination), for comparison
                 default = self.raw_model.current_preference()
                 mean = self.raw_model.aggregate(self.raw_model.head(features[score], default))
-            started = time.perf_counter()
             self._bar = tqdm(desc=f"adapt {name} ({number}/{len(splits)})", unit="batch", leave=False,
                              dynamic_ncols=True, disable=not (self.progress_bar and dist.is_main_process()))
             try:
-                for epoch in range(1, self.epochs + 1):
-                    self._bad_batch.fill_(-1)
-                    self._train_epoch(epoch)
-                    self.check_finite(epoch)
-                    if self._stopped:
-                        break
+                self._reset()
+                start = self._state()
+                epoch = self._adapt(adapt)
+                with torch.no_grad():  # scored below as "unguarded_all": what the guard kept or refused
+                    unguarded = self.combined(features[score])
+                refused = None
+                if self.guard == "prior":
+                    refused = self._prior_check(features[torch.as_tensor(adapt, dtype=torch.long)], start)
+                if refused is not None:  # the model's own combination, as before adaptation
+                    self._load_state(start)
             finally:
                 self._bar.close()
                 self._bar = None
@@ -268,15 +369,19 @@ class TestTimeTrainer(BaseTrainer):
                 adapted = self.combined(features[score])
             labels = targets[torch.as_tensor(score, dtype=torch.long)]
             before = split_scores(mean.cpu(), labels, self.cls_num_list, shot_args)
+            unguarded = split_scores(unguarded.cpu(), labels, self.cls_num_list, shot_args)
             results[name] = {**split_scores(adapted.cpu(), labels, self.cls_num_list, shot_args),
                              "before_all": before["all"],
+                             "unguarded_all": unguarded["all"],
+                             "accepted": refused is None,
                              "weights": [round(float(v), 4) for v in self.weights().detach()],
                              "preference": (None if self.preference() is None
                                             else [round(float(v), 4) for v in self.preference().detach()])}
             stop = (f", stopped in epoch {epoch}: a learned weight fell below {self.min_weight}" if self._stopped
                     else "")
+            kept = "" if refused is None else f"; kept the model's combination (guard: {refused})"
             self.status(f"  {name:<11} ({number}/{len(splits)}) adapted on {len(adapt):,} images in "
-                        f"{time.perf_counter() - started:.1f} s ({epoch} epoch{'s' if epoch > 1 else ''}{stop}): "
+                        f"{time.perf_counter() - started:.1f} s ({epoch} epoch{'s' if epoch > 1 else ''}{stop}{kept}): "
                         f"all {results[name]['before_all']:.2f} -> {results[name]['all']:.2f}")
         return results
 
