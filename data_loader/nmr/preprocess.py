@@ -293,11 +293,22 @@ def fourier_shift(spectra: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def shift_transformed(transform: torch.Tensor, shift: torch.Tensor, length: int) -> torch.Tensor:
     """:func:`fourier_shift` from the spectra's ``rfft`` ``(B, L//2+1)`` (so a caller that has it saves one
     transform): the shifted spectra ``(B, L)`` in the transform's real dtype."""
-    work = transform.real.dtype
-    freq = torch.fft.rfftfreq(length, device=transform.device, dtype=work)
-    phase = (-2 * math.pi) * freq[None] * shift.to(work)[:, None]
-    ramp = torch.complex(torch.cos(phase), torch.sin(phase))   # several times faster than exp or polar
-    return torch.fft.irfft(transform * ramp, n=length)
+    return torch.fft.irfft(transform * phase_ramp(shift, length, transform.dtype), n=length)
+
+
+def phase_ramp(shift: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """exp(-2πi·f·shift) at the rfft frequencies f = k/L, k = 0..L//2, ``(B, L//2+1)`` of complex ``dtype``.
+
+    With k = a·n + j (n ≈ sqrt(F)) the ramp is the outer product of exp(-2πi·a·n·shift/L) and exp(-2πi·j·shift/L):
+    2·sqrt(F) sines and cosines per row, in float64, instead of F, and one complex product per frequency.
+    The float64 angles also keep the phase exact where float32 would lose ~1e-6 rad at a few tens of radians."""
+    bins = length // 2 + 1
+    block = math.isqrt(bins - 1) + 1                                                  # block² >= bins
+    steps = torch.arange(block, device=shift.device, dtype=torch.float64)
+    angle = (-2 * math.pi / length) * shift.double()[:, None] * steps[None]           # (B, block): j·shift
+    fine = torch.polar(torch.ones_like(angle), angle).to(dtype)
+    coarse = torch.polar(torch.ones_like(angle), angle * block).to(dtype)             # (a·block)·shift
+    return (coarse[:, :, None] * fine[:, None, :]).flatten(1)[:, :bins]
 
 
 @functools.lru_cache(maxsize=16)
@@ -311,6 +322,15 @@ def _lag_table(length: int, search: int, device: torch.device, dtype: torch.dtyp
     angle = omega[:, None] * lags[None].double()
     table = torch.stack([count[:, None] * torch.cos(angle), -count[:, None] * torch.sin(angle)], 1)
     return lags, table.flatten(0, 1).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _lag_rotations(length: int, search: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(2, S, F)``: cos(ω_f·τ) and sin(ω_f·τ) for the lags τ of :func:`_lag_table` (same order), computed in
+    float64 (exact integer lags, so no float32 rounding of angles of tens of radians)."""
+    lags, _ = _lag_table(length, search, device, dtype)
+    angle = _frequencies(length, device, torch.float64)[0][None] * lags[:, None].double()
+    return torch.stack([torch.cos(angle), torch.sin(angle)]).to(dtype)
 
 
 def _frequencies(length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,7 +363,8 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
                      iterations: int = 3) -> torch.Tensor:
     """:func:`estimate_shift` from the cross spectrum ``X·conj(R)`` ``(B, L//2+1)``: the shift ``(B,)``."""
     work = cross.real.dtype
-    if search is not None and 2 * search + 1 <= min(64, length):
+    few = search is not None and 2 * search + 1 <= min(64, length)
+    if few:
         # a few lags: one matrix product with a cached cos/sin table instead of an inverse FFT of every row
         lags, table = _lag_table(length, search, cross.device, work)
         corr = torch.view_as_real(cross.contiguous()).flatten(1) @ table
@@ -353,7 +374,8 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
         lags = torch.where(lags > length // 2, lags - length, lags)
         if search is not None:
             corr = torch.where(lags.abs()[None] <= search, corr, torch.full_like(corr, -math.inf))
-    tau = lags[corr.argmax(dim=1)].to(work)
+    best = corr.argmax(dim=1)
+    tau = lags[best].to(work)
     if iterations == 0:
         return tau
     # Newton steps on δ = τ - τ0 from a Taylor series of c around the integer lag τ0, so that each step costs
@@ -361,9 +383,11 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     # c(τ0+δ) = Re Σ_f a_f·exp(iω_f·δ) = Σ_n δ^n/n!·m_n with m_n = Re(i^n·Σ_f a_f·ω_f^n), so that
     # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
     # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-12 of the sum.
-    omega, _ = _frequencies(length, cross.device, work)
-    angle = omega[None] * tau[:, None]
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    if few:   # τ0 is one of the searched lags: its cos(ω·τ0) and sin(ω·τ0) are rows of a cached table
+        cos, sin = _lag_rotations(length, search, cross.device, work)[:, best].unbind(0)
+    else:
+        angle = _frequencies(length, cross.device, work)[0][None] * tau[:, None]
+        cos, sin = torch.cos(angle), torch.sin(angle)
     rows = len(cross)
     # a_f / count_f = X_f·conj(R_f)·exp(iω_f·τ0) as real rows (Re of every row, then Im): four real products
     # write it where the matrix product reads it, instead of a complex product and a transposing copy
