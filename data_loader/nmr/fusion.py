@@ -18,7 +18,8 @@ import torch
 
 from data_loader.nmr.preprocess import (
     MAD_TO_SIGMA,
-    RankPlan,
+    MaskPlan,
+    PrefixPlan,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
@@ -119,10 +120,16 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
     return _snr(spectra, peaks, base, MAD_TO_SIGMA * mad if sigma is None else sigma)
 
 
-def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor,
+         group: int | None = None) -> torch.Tensor:
     """(P95 of the ``peaks`` points of each row of ``values`` − ``base``) / ``sigma``; 0 for a row without peaks.
-    ``values`` may be the full rows with their mask or packed rows with their ``valid`` flags."""
-    p95 = quantile(values, 0.95, peaks)
+    ``values`` may be the full rows with their mask, or, with ``group``, packed rows with their ``valid`` flags
+    (one row of flags for ``group`` consecutive rows of values: a :class:`PrefixPlan` selects them)."""
+    if group is None:
+        p95 = quantile(values, 0.95, peaks)
+    else:
+        plan = PrefixPlan.build(peaks, 0.95, group)
+        p95 = plan(values) if plan is not None else quantile(values, 0.95, peaks.repeat_interleave(group, 0))
     return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
 
 
@@ -215,7 +222,7 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     # every level's median and MAD on the baseline, before rescaling: its noise says which peak points stand clear
     # of it when rescaling, and, multiplied by the scale (median(s·x) = s·median(x), MAD(s·x) = |s|·MAD(x)),
     # they are plan_snr's baseline level and robust_sigma's σ of the rescaled level, with no second pass
-    plan = RankPlan.build(baseline, 0.5, levels)
+    plan = MaskPlan.build(baseline, 0.5, levels)
     base, mad = (plan.median_and_mad(flat) if plan is not None
                  else median_and_mad(flat, baseline.repeat_interleave(levels, 0)))
     # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
@@ -235,7 +242,7 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     else:
         scales = torch.ones(batch, levels, device=x.device)
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
-    snr = _snr(packed, valid.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
+    snr = _snr(packed, valid, base, sigma.flatten(), group=levels).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
     target = torch.bmm(weights[:, None].to(x.dtype), x)[:, 0]   # Σ_k w_k·x_k in one pass, no (B, K+1, L) temporary
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
