@@ -65,9 +65,9 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="nmr-select")
 
 
-def _select(buffer: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _select(buffer: torch.Tensor, m: int, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``m``-th and ``(m+1)``-th smallest value (0-based) of each row of ``buffer`` ``(N, W)``, which is
-    overwritten (+inf when a row has no ``m+1``-th).
+    overwritten (+inf when a row has no ``m+1``-th). ``nonnegative``: no value but -inf fillers is below 0.
 
     On the CPU an in-place ``numpy.partition`` with a single kth (NumPy's vectorised introselect) takes about a
     tenth of the time of ``torch.median``/``kthvalue`` on rows of 16,384 points; then the next value is the
@@ -75,6 +75,10 @@ def _select(buffer: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = buffer.shape[1]
     if buffer.device.type == "cpu":
         array = buffer.numpy()
+        if nonnegative and array.dtype == np.float32:
+            # non-negative floats (and ±inf) order as their bit patterns as int32, and NumPy partitions int32
+            # about twice as fast; -inf, negative as int32, stays below them
+            array = array.view(np.int32)
         threads = min(torch.get_num_threads(), len(array), 8)
         if threads > 1 and array.size >= 1 << 18:
             # NumPy releases the GIL while it partitions: blocks of rows on as many threads as torch uses
@@ -88,11 +92,13 @@ def _select(buffer: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ordered[:, m], ordered[:, m + 1] if m + 1 < width else torch.full_like(buffer[:, 0], math.inf)
 
 
-def quantile(values: torch.Tensor, q: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def quantile(values: torch.Tensor, q: float, mask: torch.Tensor | None = None,
+             nonnegative: bool = False) -> torch.Tensor:
     """The ``q`` quantile ``(N,)`` of each row of ``values`` ``(N, W)`` over its ``mask`` points (all without one),
     exactly as ``numpy.quantile`` (``linear`` method: virtual index h = (n-1)·q between the order statistics
     floor(h) and floor(h)+1; q = 0.5 is ``numpy.median``, the mean of the two middle points of an even count).
-    NaN where a row has no point. ``values`` must be finite; it is not modified.
+    NaN where a row has no point. ``values`` must be finite (``nonnegative``: none below 0, for a faster
+    selection); it is not modified.
 
     One selection serves every row at once although the rows' counts differ: the points outside the mask become
     +inf, and each row gets enough extra -inf fillers that its wanted order statistic sits at the same index m
@@ -118,7 +124,7 @@ def quantile(values: torch.Tensor, q: float, mask: torch.Tensor | None = None) -
     if pad:
         below = torch.arange(pad, device=values.device)[None] < fillers[:, None]
         buffer[:, width:] = torch.where(below, -math.inf, math.inf)
-    kth, beyond = _select(buffer, m)
+    kth, beyond = _select(buffer, m, nonnegative)
     result = torch.where(frac > 0, kth + frac * (beyond - kth), kth)
     return torch.where(counts > 0, result, torch.full((), math.nan, dtype=values.dtype, device=values.device))
 
@@ -127,7 +133,7 @@ def median_and_mad(values: torch.Tensor, mask: torch.Tensor | None = None) -> tu
     """Median and median absolute deviation ``(N,), (N,)`` of each row of ``values`` ``(N, W)`` (over ``mask``
     where given), with ``numpy.median``'s definition; NaN for a row without points."""
     median = quantile(values, 0.5, mask)
-    return median, quantile((values - median[:, None]).abs(), 0.5, mask)
+    return median, quantile((values - median[:, None]).abs_(), 0.5, mask, nonnegative=True)
 
 
 @dataclass
