@@ -42,6 +42,8 @@ def pack_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the ``mask`` points of each row of ``mask`` ``(N, L)`` are: ``index (N, W)`` (column of the j-th
     point, left-packed; 0 beyond the row's count) and ``counts (N,)``, W the largest count. Gathering with it
     packs any values sharing the mask (e.g. all levels of a ladder) without searching the mask again."""
+    if mask.device.type == "cpu":
+        return _pack_index_numpy(mask.numpy())
     counts = mask.sum(1)
     width = int(counts.max()) if counts.numel() else 0
     rows, cols = mask.nonzero(as_tuple=True)
@@ -49,6 +51,16 @@ def pack_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     index = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
     index[rows, slot] = cols
     return index, counts
+
+
+def _pack_index_numpy(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pack_index` with NumPy's boolean indexing, which packs in row order (about three times faster than
+    torch.nonzero and the scatter on the CPU)."""
+    counts = mask.sum(1, dtype=np.int64)
+    width = int(counts.max()) if counts.size else 0
+    index = np.zeros((mask.shape[0], width), dtype=np.int64)
+    index[np.arange(width)[None] < counts[:, None]] = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)[mask]
+    return torch.from_numpy(index), torch.from_numpy(counts)
 
 
 def pack_masked(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
