@@ -622,15 +622,17 @@ def scale_packed(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, noise: t
         weight = (1 - residual.div_((tukey * sigma)[:, None]).square_()).clamp_min_(0).square_()
         wy = weight.mul_(y)
         inverse = (wy * x).sum(1) / (wy * y).sum(1).clamp_min(1e-30)
-    return torch.where(points.any(1), 1 / inverse, math.nan)   # NaN for a row without points
+    found = valid[:, :1].any(1).repeat_interleave(group)     # a left-packed row has points if its first is one
+    return torch.where(found, 1 / inverse, math.nan)            # NaN for a row without points
 
 
 def _median_ratio(x: torch.Tensor, y: torch.Tensor, on: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The IRLS start ``(N,)``: the median of y/x over the points (``on`` ``(N, W)``, 1 on them; ``x`` and ``y``
     0 elsewhere) where |x| > 3·``noise`` (``(N,)``); a row without such a point takes all its points, and there
     x = 0 divides by 1 (as the reference does)."""
-    # 1 where |x| > 3·noise, else 0 (the padding too: x = 0 there); a NaN noise (no baseline) marks no point
-    strong = (x.abs() - 3 * torch.nan_to_num(noise.float(), nan=math.inf)[:, None]).sign_().clamp_min_(0)
+    # 1 where |x| > 3·noise, else 0 (the padding too: x = 0 there; a NaN noise, no baseline, marks no point),
+    # written as floats: a bool result would be several times slower on the CPU
+    strong = torch.gt(x.abs(), 3 * noise.float()[:, None], out=torch.empty_like(x))
     none = strong.sum(1) == 0
     if bool(none.any()):
         strong = torch.where(none[:, None], on, strong)
