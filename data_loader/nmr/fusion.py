@@ -27,10 +27,10 @@ from data_loader.nmr.preprocess import (
     median_and_mad,
     pack_index,
     peak_mask_from,
+    phase_ramp,
     quantile,
     scale_packed,
     shift_from_cross,
-    shift_transformed,
 )
 from utils.errors import DataError
 
@@ -104,6 +104,8 @@ def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting 
     for _ in range(levels):
         capped = weights >= max_share
         excess = (weights - max_share).clamp_min(0).sum(1, keepdim=True)
+        if not bool(excess.any()):   # nothing above the cap (the usual case after a round): the rest changes nothing
+            break
         free = torch.where(capped, torch.zeros_like(weights), weights)
         weights = torch.where(capped, torch.full_like(weights, max_share),
                               weights + excess * free / free.sum(1, keepdim=True).clamp_min(1e-30))
@@ -277,10 +279,12 @@ def _align_global(x: torch.Tensor, max_shift: int | None) -> tuple[torch.Tensor,
     offsets = torch.zeros(batch, levels, dtype=x.dtype, device=x.device)
     offsets[:, :-1] = shift_from_cross(cross.flatten(0, 1), length, max_shift).view(batch, levels - 1)
     shifts = offsets - offsets[:, :1]
-    moved = shift_transformed(transform[:, 1:].flatten(0, 1), -shifts[:, 1:].flatten(), length)
+    # the phase ramps multiply the transforms of levels 1..K in place (they are ours): no copy of them
+    moving = transform[:, 1:]
+    moving *= phase_ramp(-shifts[:, 1:].flatten(), length, transform.dtype).view(batch, levels - 1, -1)
     aligned = torch.empty_like(x)
     aligned[:, 0] = x[:, 0]
-    aligned[:, 1:] = moved.view(batch, levels - 1, length)
+    aligned[:, 1:] = torch.fft.irfft(moving, n=length)
     return aligned, shifts
 
 

@@ -215,8 +215,8 @@ class PrefixPlan:
 
     counts: list[int]          # (G,) points of each group's rows
     lower: list[int]           # (G,) floor((count - 1)·q), the order statistic below the quantile
-    frac: torch.Tensor         # (G·group,) interpolation weight towards the next order statistic
-    empty: torch.Tensor        # (G·group,) rows without points (NaN)
+    frac: np.ndarray           # (G·group,) float64 interpolation weight towards the next order statistic
+    empty: np.ndarray          # (G·group,) rows without points (NaN)
     group: int
 
     @classmethod
@@ -224,11 +224,7 @@ class PrefixPlan:
         """The plan for the left-packed mask ``valid`` ``(G, W)`` (True on a prefix of each row)."""
         if valid.device.type != "cpu":
             return RankPlan.build(valid, q, group)
-        counts = valid.sum(1, dtype=torch.int64)
-        virtual = (counts.double() - 1) * q
-        lower = virtual.floor().clamp_min(0)
-        frac = (virtual - lower).repeat_interleave(group)
-        return cls(counts.tolist(), lower.long().tolist(), frac, (counts == 0).repeat_interleave(group), group)
+        return cls(*_order_statistics(valid.sum(1, dtype=torch.int64).numpy(), q, group), group)
 
     def __call__(self, values: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
         """The quantile ``(G·group,)`` of the prefix points of each row of ``values`` ``(G·group, W)`` (finite;
@@ -241,10 +237,11 @@ class PrefixPlan:
                 continue
             rows = slice(g * self.group, (g + 1) * self.group)
             kth[rows], beyond[rows] = _partition(buffer[rows, :self._span(count)], low, count, nonnegative)
-        kth, beyond = torch.from_numpy(kth), torch.from_numpy(beyond)
-        frac = self.frac.to(values.dtype)
-        result = torch.where(frac > 0, kth + frac * (beyond - kth), kth)
-        return torch.where(self.empty, torch.full((), math.nan, dtype=values.dtype), result)
+        # a few dozen values: NumPy's small operations cost a fraction of torch's dispatch (the same IEEE arithmetic)
+        frac = self.frac.astype(buffer.dtype)
+        result = np.where(frac > 0, kth + frac * (beyond - kth), kth)
+        result[self.empty] = np.nan
+        return torch.from_numpy(result)
 
     def _buffer(self, values: torch.Tensor) -> np.ndarray:
         return values.detach().cpu().numpy().copy()     # partition works in place; the input stays as it is
@@ -277,15 +274,11 @@ class MaskPlan(PrefixPlan):
         if mask.device.type != "cpu":
             return RankPlan.build(mask.bool(), q, group)
         on = as_float(mask)
-        counts = on.sum(1).long()                        # exact: sums of 0/1 below 2^24
-        virtual = (counts.double() - 1) * q
-        lower = virtual.floor().clamp_min(0)
-        frac = (virtual - lower).repeat_interleave(group)
+        counts = on.sum(1).long().numpy()                # exact: sums of 0/1 below 2^24
         # 0/0 cannot occur: 1 - on is 0 where on is 1; float arithmetic, several times faster than torch.where
         # on bool masks on the CPU
         penalty = (1 - on) / on
-        return cls(counts.tolist(), lower.long().tolist(), frac, (counts == 0).repeat_interleave(group), group,
-                   penalty)
+        return cls(*_order_statistics(counts, q, group), group, penalty)
 
     def _buffer(self, values: torch.Tensor) -> np.ndarray:
         rows, width = values.shape
@@ -296,6 +289,17 @@ class MaskPlan(PrefixPlan):
 
     def _span(self, count: int) -> int:
         return self.penalty.shape[1]
+
+
+def _order_statistics(counts: np.ndarray, q: float, group: int) -> tuple[list[int], list[int], np.ndarray,
+                                                                       np.ndarray]:
+    """For groups of ``counts`` ``(G,)`` points: the counts, floor(h) with h = (count - 1)·q (the order statistic
+    below the quantile), and per row of values (``group`` per count) the interpolation weight h - floor(h) and
+    whether the row has no point."""
+    virtual = (counts.astype(np.float64) - 1) * q
+    lower = np.maximum(np.floor(virtual), 0)
+    return (counts.tolist(), lower.astype(np.int64).tolist(), np.repeat(virtual - lower, group),
+            np.repeat(counts == 0, group))
 
 
 def _partition(rows: np.ndarray, low: int, count: int, nonnegative: bool) -> tuple[np.ndarray, np.ndarray]:
