@@ -20,18 +20,16 @@ MAD_TO_SIGMA = 1.4826  # sigma = 1.4826 * MAD for Gaussian noise
 
 def savgol_smooth(spectra: torch.Tensor, window: int = 11, order: int = 3) -> torch.Tensor:
     """Savitzky-Golay smoothing along the last axis (reflect padding), ``(B, L) -> (B, L)``."""
-    from scipy.signal import savgol_coeffs
-
     if window % 2 == 0 or window <= order:
         raise ValueError(f"window must be odd and larger than order, got window {window}, order {order}")
     half, length = window // 2, spectra.shape[-1]
     if length <= half:  # reflect padding needs more points than the half window
-        kernel = torch.as_tensor(savgol_coeffs(window, order), dtype=spectra.dtype, device=spectra.device)
+        kernel = torch.tensor(_savgol_taps(window, order), dtype=spectra.dtype, device=spectra.device)
         padded = F.pad(spectra[:, None], (half, half), mode="reflect")
         return F.conv1d(padded, kernel.flip(0)[None, None])[:, 0]
     padded = torch.cat([spectra[:, 1:half + 1].flip(1), spectra, spectra[:, -half - 1:-1].flip(1)], 1)
     # one multiply-add per tap over shifted views: several times faster on the CPU than conv1d for one channel
-    taps = savgol_coeffs(window, order).tolist()   # symmetric, so correlation and convolution agree
+    taps = _savgol_taps(window, order)   # symmetric, so correlation and convolution agree
     smooth = padded[:, :length] * taps[0]
     for j in range(1, window):
         smooth.add_(padded[:, j:j + length], alpha=taps[j])
@@ -337,11 +335,18 @@ def peak_mask_from(spectra: torch.Tensor, median: torch.Tensor, mad: torch.Tenso
 
 
 @functools.lru_cache(maxsize=8)
-def _savgol_gain(window: int, order: int) -> float:
-    """How much a Savitzky-Golay filter keeps of white noise's standard deviation (the norm of its taps)."""
+def _savgol_taps(window: int, order: int) -> list[float]:
+    """The Savitzky-Golay filter's taps, cached: scipy's savgol_coeffs solves a least-squares problem each call
+    (about a millisecond, as much as the smoothing of a batch)."""
     from scipy.signal import savgol_coeffs
 
-    return float(np.sqrt(np.sum(savgol_coeffs(window, order) ** 2)))
+    return savgol_coeffs(window, order).tolist()
+
+
+@functools.lru_cache(maxsize=8)
+def _savgol_gain(window: int, order: int) -> float:
+    """How much a Savitzky-Golay filter keeps of white noise's standard deviation (the norm of its taps)."""
+    return float(np.sqrt(np.sum(np.square(_savgol_taps(window, order)))))
 
 
 def baseline_mask(peaks: torch.Tensor, erode: int = 5) -> torch.Tensor:
