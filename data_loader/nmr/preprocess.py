@@ -142,6 +142,11 @@ def quantile(values: torch.Tensor, q: float, mask: torch.Tensor | None = None,
 def median_and_mad(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and median absolute deviation ``(N,), (N,)`` of each row of ``values`` ``(N, W)`` (over ``mask``
     where given), with ``numpy.median``'s definition; NaN for a row without points."""
+    if mask is None and values.device.type == "cpu" and values.numel():
+        # every row has all W points: one PrefixPlan group of all rows, so its selections and their finishing
+        # run in NumPy without quantile's fillers and masks
+        plan = PrefixPlan(*_order_statistics(np.array([values.shape[1]]), 0.5, len(values)), len(values))
+        return plan.median_and_mad(values)
     median = quantile(values, 0.5, mask)
     return median, quantile((values - median[:, None]).abs_(), 0.5, mask, nonnegative=True)
 
@@ -227,7 +232,11 @@ class PrefixPlan:
     def __call__(self, values: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
         """The quantile ``(G·group,)`` of the prefix points of each row of ``values`` ``(G·group, W)`` (finite;
         ``nonnegative`` when no value is below 0, which allows a faster selection)."""
-        buffer = self._buffer(values)
+        return self._quantile(self._buffer(values), nonnegative)
+
+    def _quantile(self, buffer: np.ndarray, nonnegative: bool) -> torch.Tensor:
+        """The quantiles ``(G·group,)`` of the rows of ``buffer`` (the values as :meth:`_buffer` laid them out),
+        which the selection overwrites."""
         kth = np.zeros(len(buffer), dtype=buffer.dtype)
         beyond = np.zeros(len(buffer), dtype=buffer.dtype)
         for g, (count, low) in enumerate(zip(self.counts, self.lower)):
@@ -241,8 +250,10 @@ class PrefixPlan:
         result[self.empty] = np.nan
         return torch.from_numpy(result)
 
-    def _buffer(self, values: torch.Tensor) -> np.ndarray:
-        return values.detach().cpu().numpy().copy()     # partition works in place; the input stays as it is
+    def _buffer(self, values: torch.Tensor, copy: bool = True) -> np.ndarray:
+        """The rows to select on; a copy unless ``values`` is a temporary the selection may overwrite."""
+        array = values.detach().cpu().numpy()
+        return array.copy() if copy else array          # partition works in place
 
     def _span(self, count: int) -> int:
         """How many leading columns of a group's rows hold its points (and all that the selection needs)."""
@@ -251,7 +262,8 @@ class PrefixPlan:
     def median_and_mad(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Median and MAD of each row's points (a plan built for q = 0.5)."""
         median = self(values)
-        return median, self((values - median[:, None]).abs_(), nonnegative=True)
+        deviation = (values - median[:, None]).abs_()      # a temporary: selected in place
+        return median, self._quantile(self._buffer(deviation, copy=False), nonnegative=True)
 
 
 @dataclass
@@ -278,9 +290,9 @@ class MaskPlan(PrefixPlan):
         penalty = (1 - on) / on
         return cls(*_order_statistics(counts, q, group), group, penalty)
 
-    def _buffer(self, values: torch.Tensor) -> np.ndarray:
+    def _buffer(self, values: torch.Tensor, copy: bool = True) -> np.ndarray:
         rows, width = values.shape
-        buffer = torch.empty(rows, width, dtype=values.dtype)
+        buffer = torch.empty(rows, width, dtype=values.dtype) if copy else values
         shape = (rows // self.group, self.group, width)
         torch.add(values.detach().cpu().view(shape), self.penalty.to(values.dtype)[:, None], out=buffer.view(shape))
         return buffer.numpy()
