@@ -279,12 +279,12 @@ def _align_global(x: torch.Tensor, max_shift: int | None) -> tuple[torch.Tensor,
     offsets = torch.zeros(batch, levels, dtype=x.dtype, device=x.device)
     offsets[:, :-1] = shift_from_cross(cross.flatten(0, 1), length, max_shift).view(batch, levels - 1)
     shifts = offsets - offsets[:, :1]
-    # the phase ramps multiply the transforms of levels 1..K in place (they are ours): no copy of them
-    moving = transform[:, 1:]
-    moving *= phase_ramp(-shifts[:, 1:].flatten(), length, transform.dtype).view(batch, levels - 1, -1)
+    # the product with the phase ramps reads levels 1..K where they are, and writes the contiguous input the
+    # inverse transform wants (faster than a copy of them first, or an in-place product on the strided view)
+    ramp = phase_ramp(-shifts[:, 1:].flatten(), length, transform.dtype).view(batch, levels - 1, -1)
     aligned = torch.empty_like(x)
     aligned[:, 0] = x[:, 0]
-    aligned[:, 1:] = torch.fft.irfft(moving, n=length)
+    aligned[:, 1:] = torch.fft.irfft(transform[:, 1:] * ramp, n=length)
     return aligned, shifts
 
 

@@ -499,7 +499,7 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
     # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-12 of the sum.
     if few:   # τ0 is one of the searched lags: its cos(ω·τ0) and sin(ω·τ0) are rows of a cached table
-        cos, sin = _lag_rotations(length, search, cross.device, work)[:, best].unbind(0)
+        cos, sin = _lag_rotations(length, search, cross.device, work).index_select(1, best).unbind(0)
     else:
         angle = _frequencies(length, cross.device, work)[0][None] * tau[:, None]
         cos, sin = torch.cos(angle), torch.sin(angle)
