@@ -243,7 +243,8 @@ class PrefixPlan:
             if count == 0:
                 continue
             rows = slice(g * self.group, (g + 1) * self.group)
-            kth[rows], beyond[rows] = _partition(buffer[rows, :self._span(count)], low, count, nonnegative)
+            following = self.frac[g * self.group] > 0    # the quantile lies between two order statistics
+            kth[rows], beyond[rows] = _partition(buffer[rows, :self._span(count)], low, following, nonnegative)
         # a few dozen values: NumPy's small operations cost a fraction of torch's dispatch (the same IEEE arithmetic)
         frac = self.frac.astype(buffer.dtype)
         result = np.where(frac > 0, kth + frac * (beyond - kth), kth)
@@ -312,15 +313,16 @@ def _order_statistics(counts: np.ndarray, q: float, group: int) -> tuple[list[in
             np.repeat(counts == 0, group))
 
 
-def _partition(rows: np.ndarray, low: int, count: int, nonnegative: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The ``low``-th smallest value of each of ``rows`` ``(n, w)`` (partitioned in place) and the smallest of
-    the values beyond it (the next order statistic when ``low + 1 < count``, else unused: 0).
+def _partition(rows: np.ndarray, low: int, following: bool, nonnegative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``low``-th smallest value of each of ``rows`` ``(n, w)`` (partitioned in place) and, if ``following``
+    (the caller then guarantees a value beyond it), the smallest of the values beyond it, the next order
+    statistic (else 0, unused).
 
     Non-negative float32 values order as their bit patterns do as int32, and NumPy's partition of int32 is
     vectorised (about twice as fast as for float32 here), so those rows are selected as int32."""
     view = rows.view(np.int32) if nonnegative and rows.dtype == np.float32 else rows
     view.partition(low, axis=1)
-    beyond = view[:, low + 1:].min(axis=1).view(rows.dtype) if low + 1 < count else 0
+    beyond = view[:, low + 1:].min(axis=1).view(rows.dtype) if following else 0
     return rows[:, low], beyond
 
 
