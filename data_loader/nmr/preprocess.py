@@ -251,10 +251,9 @@ class PrefixPlan:
         result[self.empty] = np.nan
         return torch.from_numpy(result)
 
-    def _buffer(self, values: torch.Tensor, copy: bool = True) -> np.ndarray:
-        """The rows to select on; a copy unless ``values`` is a temporary the selection may overwrite."""
-        array = values.detach().cpu().numpy()
-        return array.copy() if copy else array          # partition works in place
+    def _buffer(self, values: torch.Tensor) -> np.ndarray:
+        """The rows to select on: a copy of ``values``, which the selection overwrites."""
+        return values.detach().cpu().numpy().copy()
 
     def _span(self, count: int) -> int:
         """How many leading columns of a group's rows hold its points (and all that the selection needs)."""
@@ -262,9 +261,12 @@ class PrefixPlan:
 
     def median_and_mad(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Median and MAD of each row's points (a plan built for q = 0.5)."""
-        median = self(values)
-        deviation = (values - median[:, None]).abs_()      # a temporary: selected in place
-        return median, self._quantile(self._buffer(deviation, copy=False), nonnegative=True)
+        buffer = self._buffer(values)
+        median = self._quantile(buffer, nonnegative=False)
+        # the deviations in the partitioned buffer itself: its rows hold the same points, reordered (and a
+        # MaskPlan's +inf stay +inf), so no second copy of the values and no second penalty
+        np.abs(np.subtract(buffer, median.numpy()[:, None], out=buffer), out=buffer)
+        return median, self._quantile(buffer, nonnegative=True)
 
 
 @dataclass
@@ -291,9 +293,9 @@ class MaskPlan(PrefixPlan):
         penalty = (1 - on) / on
         return cls(*_order_statistics(counts, q, group), group, penalty)
 
-    def _buffer(self, values: torch.Tensor, copy: bool = True) -> np.ndarray:
+    def _buffer(self, values: torch.Tensor) -> np.ndarray:
         rows, width = values.shape
-        buffer = torch.empty(rows, width, dtype=values.dtype) if copy else values
+        buffer = torch.empty(rows, width, dtype=values.dtype)
         shape = (rows // self.group, self.group, width)
         torch.add(values.detach().cpu().view(shape), self.penalty.to(values.dtype)[:, None], out=buffer.view(shape))
         return buffer.numpy()
