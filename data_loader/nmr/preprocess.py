@@ -514,13 +514,13 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     parts = torch.empty(2, rows, cross.shape[1], dtype=work, device=cross.device)
     torch.mul(re_x, cos, out=parts[0]).addcmul_(im_x, sin, value=-1)
     torch.mul(re_x, sin, out=parts[1]).addcmul_(im_x, cos)
-    powers = _power_table(length, iterations, cross.device, work)        # (F, terms + 2), count_f included
-    re_m, im_m = (parts.view(2 * rows, -1) @ powers).double().view(2, rows, -1).unbind(0)
-    n = torch.arange(powers.shape[1], device=cross.device)
-    # Re(i^n·A) for n = 0, 1, 2, 3 (mod 4): Re A, -Im A, -Re A, Im A
-    m = torch.where(n % 2 == 0, re_m, im_m) * torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64,
-                                                            device=cross.device)[n % 4]
-    terms = powers.shape[1] - 2
+    # Re(i^n·A) is ±Re A for even n and ±Im A for odd n: the real rows meet only the even powers and the
+    # imaginary rows only the odd ones (half the products of both with every power)
+    even, odd = _moment_tables(length, iterations, cross.device, work)
+    m = torch.empty(rows, even.shape[1] + odd.shape[1], dtype=torch.float64, device=cross.device)
+    m[:, 0::2] = parts[0] @ even
+    m[:, 1::2] = parts[1] @ odd
+    terms = m.shape[1] - 2
     factorial = torch.exp(torch.lgamma(torch.arange(terms, dtype=torch.float64, device=cross.device) + 1))
     delta = torch.zeros_like(tau, dtype=torch.float64)
     for _ in range(iterations):
@@ -547,6 +547,18 @@ def _power_table(length: int, iterations: int, device: torch.device, dtype: torc
     # entries below 1e-30 (low frequencies, high powers) are negligible and would be float32 subnormals, which
     # slow a CPU matrix product several times over where denormals are not flushed
     return table.masked_fill(table < 1e-30, 0).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _moment_tables(length: int, iterations: int, device: torch.device,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_power_table`'s columns of even n and of odd n, each with the sign that makes ``Re @ even`` and
+    ``Im @ odd`` the moments Re(i^n·A): for n = 0, 1, 2, 3 (mod 4), Re A, -Im A, -Re A, Im A."""
+    table = _power_table(length, iterations, device, dtype)
+    even, odd = table[:, 0::2], table[:, 1::2]
+    sign = torch.tensor([1.0, -1.0], dtype=dtype, device=device)
+    return ((even * sign.repeat((even.shape[1] + 1) // 2)[:even.shape[1]]).contiguous(),
+            (odd * -sign.repeat((odd.shape[1] + 1) // 2)[:odd.shape[1]]).contiguous())
 
 
 def align(spectra: torch.Tensor, reference: torch.Tensor,
