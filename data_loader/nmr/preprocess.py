@@ -661,15 +661,18 @@ def scale_packed(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, noise: t
     x, y = x.float() * on, y.float() * on
     plan = PrefixPlan.build(valid, 0.5, group)   # one mask for the 2·iterations medians below
     inverse = 1 / _median_ratio(x, y, on, noise)
+    # two buffers for all the steps: products written into memory already in cache, not fresh allocations
+    residual, weight, one = torch.empty_like(x), torch.empty_like(x), torch.ones((), dtype=x.dtype)
     for _ in range(iterations):
-        residual = torch.addcmul(x, inverse[:, None], y, value=-1)
+        torch.addcmul(x, inverse[:, None], y, value=-1, out=residual)
         mad = plan.median_and_mad(residual)[1] if plan is not None else median_and_mad(residual, points)[1]
         sigma = (MAD_TO_SIGMA * mad).clamp_min(1e-30)
         # Tukey's bisquare (1 - u²)² for |u| < 1, else 0, with u = residual / (tukey·σ): one clamp, no select
         # (dividing, not multiplying by 1/(tukey·σ)²: σ may be 1e-30, a level fitted against itself)
-        weight = (1 - residual.div_((tukey * sigma)[:, None]).square_()).clamp_min_(0).square_()
-        wy = weight.mul_(y)
-        inverse = (wy * x).sum(1) / (wy * y).sum(1).clamp_min(1e-30)
+        u = residual.div_((tukey * sigma)[:, None])
+        torch.sub(one, torch.mul(u, u, out=weight), out=weight).clamp_min_(0).square_().mul_(y)     # w·y
+        numerator = torch.mul(weight, x, out=residual).sum(1)
+        inverse = numerator / torch.mul(weight, y, out=residual).sum(1).clamp_min(1e-30)
     found = valid[:, :1].any(1).repeat_interleave(group)     # a left-packed row has points if its first is one
     return torch.where(found, 1 / inverse, math.nan)            # NaN for a row without points
 
