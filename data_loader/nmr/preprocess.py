@@ -221,6 +221,15 @@ class PrefixPlan:
     frac: np.ndarray           # (G·group,) float64 interpolation weight towards the next order statistic
     empty: np.ndarray          # (G·group,) rows without points (NaN)
     group: int
+    spans: list[int] | None = None   # (G,) leading columns a group's selection reads (None: its count)
+
+    def __post_init__(self):
+        spans = self.counts if self.spans is None else self.spans
+        # per group with points: its rows, the columns read, the order statistic and whether the quantile lies
+        # between it and the next one; worked out once so the selections' loop does little more than partition
+        self._steps = [(g * self.group, (g + 1) * self.group, span, low, bool(self.frac[g * self.group] > 0))
+                       for g, (count, span, low) in enumerate(zip(self.counts, spans, self.lower)) if count]
+        self._lows = np.repeat(np.asarray(self.lower, dtype=np.int64), self.group)
 
     @classmethod
     def build(cls, valid: torch.Tensor, q: float, group: int = 1) -> PrefixPlan | RankPlan | None:
@@ -236,15 +245,19 @@ class PrefixPlan:
 
     def _quantile(self, buffer: np.ndarray, nonnegative: bool) -> torch.Tensor:
         """The quantiles ``(G·group,)`` of the rows of ``buffer`` (the values as :meth:`_buffer` laid them out),
-        which the selection overwrites."""
-        kth = np.zeros(len(buffer), dtype=buffer.dtype)
-        beyond = np.zeros(len(buffer), dtype=buffer.dtype)
-        for g, (count, low) in enumerate(zip(self.counts, self.lower)):
-            if count == 0:
-                continue
-            rows = slice(g * self.group, (g + 1) * self.group)
-            following = self.frac[g * self.group] > 0    # the quantile lies between two order statistics
-            kth[rows], beyond[rows] = _partition(buffer[rows, :self._span(count)], low, following, nonnegative)
+        which the selection overwrites.
+
+        Non-negative float32 values order as their bit patterns do as int32, and NumPy's partition of int32 is
+        vectorised (about twice as fast as for float32 here), so those rows are selected as int32."""
+        view = buffer.view(np.int32) if nonnegative and buffer.dtype == np.float32 else buffer
+        beyond = np.zeros(len(buffer), dtype=view.dtype)
+        for start, stop, span, low, following in self._steps:
+            rows = view[start:stop, :span]
+            rows.partition(low, axis=1)
+            if following:   # the next order statistic: the smallest value beyond the partition point
+                beyond[start:stop] = rows[:, low + 1:].min(axis=1)
+        beyond = beyond.view(buffer.dtype)
+        kth = buffer[np.arange(len(buffer)), self._lows] if buffer.shape[1] else np.zeros_like(beyond)
         # a few dozen values: NumPy's small operations cost a fraction of torch's dispatch (the same IEEE arithmetic)
         frac = self.frac.astype(buffer.dtype)
         result = np.where(frac > 0, kth + frac * (beyond - kth), kth)
@@ -254,10 +267,6 @@ class PrefixPlan:
     def _buffer(self, values: torch.Tensor) -> np.ndarray:
         """The rows to select on: a copy of ``values``, which the selection overwrites."""
         return values.detach().cpu().numpy().copy()
-
-    def _span(self, count: int) -> int:
-        """How many leading columns of a group's rows hold its points (and all that the selection needs)."""
-        return count
 
     def median_and_mad(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Median and MAD of each row's points (a plan built for q = 0.5)."""
@@ -291,7 +300,7 @@ class MaskPlan(PrefixPlan):
         # 0/0 cannot occur: 1 - on is 0 where on is 1; float arithmetic, several times faster than torch.where
         # on bool masks on the CPU
         penalty = (1 - on) / on
-        return cls(*_order_statistics(counts, q, group), group, penalty)
+        return cls(*_order_statistics(counts, q, group), group, [mask.shape[1]] * len(mask), penalty)
 
     def _buffer(self, values: torch.Tensor) -> np.ndarray:
         rows, width = values.shape
@@ -299,9 +308,6 @@ class MaskPlan(PrefixPlan):
         shape = (rows // self.group, self.group, width)
         torch.add(values.detach().cpu().view(shape), self.penalty.to(values.dtype)[:, None], out=buffer.view(shape))
         return buffer.numpy()
-
-    def _span(self, count: int) -> int:
-        return self.penalty.shape[1]
 
 
 def _order_statistics(counts: np.ndarray, q: float, group: int) -> tuple[list[int], list[int], np.ndarray,
@@ -313,19 +319,6 @@ def _order_statistics(counts: np.ndarray, q: float, group: int) -> tuple[list[in
     lower = np.maximum(np.floor(virtual), 0)
     return (counts.tolist(), lower.astype(np.int64).tolist(), np.repeat(virtual - lower, group),
             np.repeat(counts == 0, group))
-
-
-def _partition(rows: np.ndarray, low: int, following: bool, nonnegative: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The ``low``-th smallest value of each of ``rows`` ``(n, w)`` (partitioned in place) and, if ``following``
-    (the caller then guarantees a value beyond it), the smallest of the values beyond it, the next order
-    statistic (else 0, unused).
-
-    Non-negative float32 values order as their bit patterns do as int32, and NumPy's partition of int32 is
-    vectorised (about twice as fast as for float32 here), so those rows are selected as int32."""
-    view = rows.view(np.int32) if nonnegative and rows.dtype == np.float32 else rows
-    view.partition(low, axis=1)
-    beyond = view[:, low + 1:].min(axis=1).view(rows.dtype) if following else 0
-    return rows[:, low], beyond
 
 
 def peak_mask(spectra: torch.Tensor, alpha: float = 5.0, window: int = 11, order: int = 3,
