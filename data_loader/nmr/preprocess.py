@@ -290,9 +290,11 @@ class MaskPlan(PrefixPlan):
     penalty: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, mask: torch.Tensor, q: float, group: int = 1) -> MaskPlan | RankPlan | None:
+    def build(cls, mask: torch.Tensor, q: float, group: int = 1,
+              spans: list[int] | None = None) -> MaskPlan | RankPlan | None:
         """The plan for ``mask`` ``(G, W)``, bool or 0/1 floats (None elsewhere than on the CPU when
-        :class:`RankPlan` cannot hold a row's fillers: then use :func:`quantile`)."""
+        :class:`RankPlan` cannot hold a row's fillers: then use :func:`quantile`); ``spans`` ``(G,)``: how many
+        leading columns of each row can hold points (default all W)."""
         if mask.device.type != "cpu":
             return RankPlan.build(mask.bool(), q, group)
         on = as_float(mask)
@@ -300,7 +302,7 @@ class MaskPlan(PrefixPlan):
         # 0/0 cannot occur: 1 - on is 0 where on is 1; float arithmetic, several times faster than torch.where
         # on bool masks on the CPU
         penalty = (1 - on) / on
-        return cls(*_order_statistics(counts, q, group), group, [mask.shape[1]] * len(mask), penalty)
+        return cls(*_order_statistics(counts, q, group), group, spans or [mask.shape[1]] * len(mask), penalty)
 
     def _buffer(self, values: torch.Tensor) -> np.ndarray:
         rows, width = values.shape
@@ -653,7 +655,7 @@ def scale_packed(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, noise: t
     on = as_float(points)
     x, y = x.float() * on, y.float() * on
     plan = PrefixPlan.build(valid, 0.5, group)   # one mask for the 2·iterations medians below
-    inverse = 1 / _median_ratio(x, y, on, noise)
+    inverse = 1 / _median_ratio(x, y, on, noise, valid.sum(1).repeat_interleave(group).tolist())
     # two buffers for all the steps: products written into memory already in cache, not fresh allocations
     residual, weight, one = torch.empty_like(x), torch.empty_like(x), torch.ones((), dtype=x.dtype)
     for _ in range(iterations):
@@ -670,10 +672,11 @@ def scale_packed(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, noise: t
     return torch.where(found, 1 / inverse, math.nan)            # NaN for a row without points
 
 
-def _median_ratio(x: torch.Tensor, y: torch.Tensor, on: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The IRLS start ``(N,)``: the median of y/x over the points (``on`` ``(N, W)``, 1 on them; ``x`` and ``y``
-    0 elsewhere) where |x| > 3·``noise`` (``(N,)``); a row without such a point takes all its points, and there
-    x = 0 divides by 1 (as the reference does)."""
+def _median_ratio(x: torch.Tensor, y: torch.Tensor, on: torch.Tensor, noise: torch.Tensor,
+                  counts: list[int]) -> torch.Tensor:
+    """The IRLS start ``(N,)``: the median of y/x over the points (``on`` ``(N, W)``, 1 on the first ``counts``
+    of each row; ``x`` and ``y`` 0 elsewhere) where |x| > 3·``noise`` (``(N,)``); a row without such a point
+    takes all its points, and there x = 0 divides by 1 (as the reference does)."""
     # 1 where |x| > 3·noise, else 0 (the padding too: x = 0 there; a NaN noise, no baseline, marks no point),
     # written as floats: a bool result would be several times slower on the CPU
     strong = torch.gt(x.abs(), 3 * noise.float()[:, None], out=torch.empty_like(x))
@@ -684,5 +687,5 @@ def _median_ratio(x: torch.Tensor, y: torch.Tensor, on: torch.Tensor, noise: tor
     # y/x on the strong points and 0 elsewhere, finite everywhere, so a +inf penalty can mask the rest
     ratio = (y * strong) / (x * strong + (1 - strong))
     if ratio.device.type == "cpu":
-        return MaskPlan.build(strong, 0.5)(ratio)
+        return MaskPlan.build(strong, 0.5, spans=counts)(ratio)   # the strong points lie in the first counts
     return quantile(ratio, 0.5, strong > 0)
