@@ -440,11 +440,11 @@ def _lag_table(length: int, search: int, device: torch.device, dtype: torch.dtyp
 
 @functools.lru_cache(maxsize=16)
 def _lag_rotations(length: int, search: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(2, S, F)``: cos(ω_f·τ) and sin(ω_f·τ) for the lags τ of :func:`_lag_table` (same order), computed in
+    """``(S, F)`` complex ``dtype``: exp(iω_f·τ) for the lags τ of :func:`_lag_table` (same order), computed in
     float64 (exact integer lags, so no float32 rounding of angles of tens of radians)."""
-    lags, _ = _lag_table(length, search, device, dtype)
+    lags, _ = _lag_table(length, search, device, dtype.to_real())
     angle = _frequencies(length, device, torch.float64)[0][None] * lags[:, None].double()
-    return torch.stack([torch.cos(angle), torch.sin(angle)]).to(dtype)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype)
 
 
 def _frequencies(length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,24 +497,16 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     # c(τ0+δ) = Re Σ_f a_f·exp(iω_f·δ) = Σ_n δ^n/n!·m_n with m_n = Re(i^n·Σ_f a_f·ω_f^n), so that
     # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
     # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-12 of the sum.
-    if few:   # τ0 is one of the searched lags: its cos(ω·τ0) and sin(ω·τ0) are rows of a cached table
-        cos, sin = _lag_rotations(length, search, cross.device, work).index_select(1, best).unbind(0)
+    if few:   # τ0 is one of the searched lags: exp(iω·τ0) is a row of a cached table
+        rotation = _lag_rotations(length, search, cross.device, cross.dtype).index_select(0, best)
     else:
         angle = _frequencies(length, cross.device, work)[0][None] * tau[:, None]
-        cos, sin = torch.cos(angle), torch.sin(angle)
-    rows = len(cross)
-    # a_f / count_f = X_f·conj(R_f)·exp(iω_f·τ0) as real rows (Re of every row, then Im): four real products
-    # write it where the matrix product reads it, instead of a complex product and a transposing copy
-    re_x, im_x = torch.view_as_real(cross).unbind(-1)
-    parts = torch.empty(2, rows, cross.shape[1], dtype=work, device=cross.device)
-    torch.mul(re_x, cos, out=parts[0]).addcmul_(im_x, sin, value=-1)
-    torch.mul(re_x, sin, out=parts[1]).addcmul_(im_x, cos)
-    # Re(i^n·A) is ±Re A for even n and ±Im A for odd n: the real rows meet only the even powers and the
-    # imaginary rows only the odd ones (half the products of both with every power)
-    even, odd = _moment_tables(length, iterations, cross.device, work)
-    m = torch.empty(rows, even.shape[1] + odd.shape[1], dtype=torch.float64, device=cross.device)
-    m[:, 0::2] = parts[0] @ even
-    m[:, 1::2] = parts[1] @ odd
+        rotation = torch.complex(torch.cos(angle), torch.sin(angle))
+    # a_f / count_f = X_f·conj(R_f)·exp(iω_f·τ0): one complex product, which the matrix product reads in its
+    # interleaved layout (real and imaginary parts of a frequency side by side; elementwise products on strided
+    # real and imaginary views are not vectorised and cost about twice the table's extra zeros)
+    rotated = torch.view_as_real(cross * rotation).flatten(1)                        # (B, 2F)
+    m = (rotated @ _moment_table(length, iterations, cross.device, work)).double()
     terms = m.shape[1] - 2
     factorial = torch.exp(torch.lgamma(torch.arange(terms, dtype=torch.float64, device=cross.device) + 1))
     delta = torch.zeros_like(tau, dtype=torch.float64)
@@ -545,15 +537,17 @@ def _power_table(length: int, iterations: int, device: torch.device, dtype: torc
 
 
 @functools.lru_cache(maxsize=16)
-def _moment_tables(length: int, iterations: int, device: torch.device,
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_power_table`'s columns of even n and of odd n, each with the sign that makes ``Re @ even`` and
-    ``Im @ odd`` the moments Re(i^n·A): for n = 0, 1, 2, 3 (mod 4), Re A, -Im A, -Re A, Im A."""
-    table = _power_table(length, iterations, device, dtype)
-    even, odd = table[:, 0::2], table[:, 1::2]
-    sign = torch.tensor([1.0, -1.0], dtype=dtype, device=device)
-    return ((even * sign.repeat((even.shape[1] + 1) // 2)[:even.shape[1]]).contiguous(),
-            (odd * -sign.repeat((odd.shape[1] + 1) // 2)[:odd.shape[1]]).contiguous())
+def _moment_table(length: int, iterations: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(2F, terms + 2)`` with ``view_as_real(A).flatten(1) @ table`` the moments m_n = Re(i^n·Σ_f A_f·P_fn)
+    of :func:`_power_table`'s P: Re(i^n·A) is Re A, -Im A, -Re A, Im A for n = 0, 1, 2, 3 (mod 4), so the rows
+    of real parts (even rows) hold ±P at even n and the rows of imaginary parts (odd rows) ±P at odd n."""
+    powers = _power_table(length, iterations, device, dtype)
+    n = torch.arange(powers.shape[1], device=device)
+    sign = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=dtype, device=device)[n % 4]
+    table = torch.zeros(powers.shape[0], 2, powers.shape[1], dtype=dtype, device=device)
+    table[:, 0] = torch.where(n % 2 == 0, powers * sign, 0)
+    table[:, 1] = torch.where(n % 2 == 1, powers * sign, 0)
+    return table.flatten(0, 1)
 
 
 def align(spectra: torch.Tensor, reference: torch.Tensor,
