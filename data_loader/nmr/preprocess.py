@@ -502,7 +502,7 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     # O(terms) instead of a cos and a sin of every frequency: with a_f = count_f·X_f·conj(R_f)·exp(iω_f·τ0),
     # c(τ0+δ) = Re Σ_f a_f·exp(iω_f·δ) = Σ_n δ^n/n!·m_n with m_n = Re(i^n·Σ_f a_f·ω_f^n), so that
     # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
-    # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-12 of the sum.
+    # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-11 of the sum.
     if few:   # τ0 is one of the searched lags: exp(iω·τ0) is a row of a cached table
         rotation = _lag_rotations(length, search, cross.device, cross.dtype).index_select(0, best)
     else:
@@ -528,10 +528,11 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
 @functools.lru_cache(maxsize=16)
 def _power_table(length: int, iterations: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``(F, terms + 2)``: count_f·(ω_f/π)^n for n = 0..terms+1 (count_f as in :func:`_frequencies`), with
-    ``terms`` enough that (π·|δ|)^n/n! has fallen below 1e-12 at |δ| = iterations/2 (scaled by π so the float32
-    entries stay in [0, 2])."""
+    ``terms`` enough that (π·|δ|)^n/n! has fallen below 1e-11 at |δ| = iterations/2 (scaled by π so the float32
+    entries stay in [0, 2]). The float32 moments carry ~1e-7 relative error, so a finer cut adds nothing: at 3
+    iterations this gives 32 columns, a matrix product about a third faster than at 33."""
     reach, terms, term = math.pi * 0.5 * iterations, 1, 1.0
-    while term > 1e-12 or terms < reach:
+    while term > 1e-11 or terms < reach:
         term *= reach / terms
         terms += 1
     scaled = torch.fft.rfftfreq(length, dtype=torch.float64) * 2   # ω/π in [0, 1]
