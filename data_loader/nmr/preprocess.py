@@ -444,15 +444,6 @@ def _lag_table(length: int, search: int, device: torch.device, dtype: torch.dtyp
     return lags, table.flatten(0, 1).to(dtype)
 
 
-@functools.lru_cache(maxsize=16)
-def _lag_rotations(length: int, search: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(S, F)`` complex ``dtype``: exp(iω_f·τ) for the lags τ of :func:`_lag_table` (same order), computed in
-    float64 (exact integer lags, so no float32 rounding of angles of tens of radians)."""
-    lags, _ = _lag_table(length, search, device, dtype.to_real())
-    angle = _frequencies(length, device, torch.float64)[0][None] * lags[:, None].double()
-    return torch.polar(torch.ones_like(angle), angle).to(dtype)
-
-
 def _frequencies(length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Angular frequencies ω ``(F,)`` of an rfft of ``length`` points and how many conjugate terms each stands
     for (rfft keeps half the spectrum: 2 for interior frequencies, 1 for 0 and, for even L, the Nyquist one)."""
@@ -503,11 +494,8 @@ def shift_from_cross(cross: torch.Tensor, length: int, search: int | None = None
     # c(τ0+δ) = Re Σ_f a_f·exp(iω_f·δ) = Σ_n δ^n/n!·m_n with m_n = Re(i^n·Σ_f a_f·ω_f^n), so that
     # c'(τ0+δ) = Σ_n δ^n/n!·m_(n+1) and c''(τ0+δ) = Σ_n δ^n/n!·m_(n+2). The moments are one matrix product with a
     # cached table of (ω/π)^n; |δ| <= iterations/2 bounds how many terms reach 1e-11 of the sum.
-    if few:   # τ0 is one of the searched lags: exp(iω·τ0) is a row of a cached table
-        rotation = _lag_rotations(length, search, cross.device, cross.dtype).index_select(0, best)
-    else:
-        angle = _frequencies(length, cross.device, work)[0][None] * tau[:, None]
-        rotation = torch.complex(torch.cos(angle), torch.sin(angle))
+    # exp(iω·τ0) = exp(-2πi·f·(-τ0)), the phase ramp of a shift by -τ0 (two small float64 factors per row)
+    rotation = phase_ramp(-tau, length, cross.dtype)
     # a_f / count_f = X_f·conj(R_f)·exp(iω_f·τ0): one complex product, which the matrix product reads in its
     # interleaved layout (real and imaginary parts of a frequency side by side; elementwise products on strided
     # real and imaginary views are not vectorised and cost about twice the table's extra zeros)
