@@ -18,7 +18,8 @@ import torch
 
 from data_loader.nmr.preprocess import (
     MAD_TO_SIGMA,
-    RankPlan,
+    MaskPlan,
+    PrefixPlan,
     anchor_positions,
     apply_local_shifts,
     baseline_mask,
@@ -26,10 +27,10 @@ from data_loader.nmr.preprocess import (
     median_and_mad,
     pack_index,
     peak_mask_from,
+    phase_ramp,
     quantile,
     scale_packed,
     shift_from_cross,
-    shift_transformed,
 )
 from utils.errors import DataError
 
@@ -103,6 +104,8 @@ def fusion_weights(sigma: torch.Tensor, snr: torch.Tensor, weighting: Weighting 
     for _ in range(levels):
         capped = weights >= max_share
         excess = (weights - max_share).clamp_min(0).sum(1, keepdim=True)
+        if not bool(excess.any()):   # nothing above the cap (the usual case after a round): the rest changes nothing
+            break
         free = torch.where(capped, torch.zeros_like(weights), weights)
         weights = torch.where(capped, torch.full_like(weights, max_share),
                               weights + excess * free / free.sum(1, keepdim=True).clamp_min(1e-30))
@@ -119,10 +122,16 @@ def plan_snr(spectra: torch.Tensor, peaks: torch.Tensor, baseline: torch.Tensor,
     return _snr(spectra, peaks, base, MAD_TO_SIGMA * mad if sigma is None else sigma)
 
 
-def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _snr(values: torch.Tensor, peaks: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor,
+         group: int | None = None) -> torch.Tensor:
     """(P95 of the ``peaks`` points of each row of ``values`` − ``base``) / ``sigma``; 0 for a row without peaks.
-    ``values`` may be the full rows with their mask or packed rows with their ``valid`` flags."""
-    p95 = quantile(values, 0.95, peaks)
+    ``values`` may be the full rows with their mask, or, with ``group``, packed rows with their ``valid`` flags
+    (one row of flags for ``group`` consecutive rows of values: a :class:`PrefixPlan` selects them)."""
+    if group is None:
+        p95 = quantile(values, 0.95, peaks)
+    else:
+        plan = PrefixPlan.build(peaks, 0.95, group)
+        p95 = plan(values) if plan is not None else quantile(values, 0.95, peaks.repeat_interleave(group, 0))
     return torch.nan_to_num((p95 - base) / sigma.clamp_min(1e-30), nan=0.0)
 
 
@@ -215,7 +224,7 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     # every level's median and MAD on the baseline, before rescaling: its noise says which peak points stand clear
     # of it when rescaling, and, multiplied by the scale (median(s·x) = s·median(x), MAD(s·x) = |s|·MAD(x)),
     # they are plan_snr's baseline level and robust_sigma's σ of the rescaled level, with no second pass
-    plan = RankPlan.build(baseline, 0.5, levels)
+    plan = MaskPlan.build(baseline, 0.5, levels)
     base, mad = (plan.median_and_mad(flat) if plan is not None
                  else median_and_mad(flat, baseline.repeat_interleave(levels, 0)))
     # the peak points of every level of a ladder, packed once (B·(K+1), W): rescaling and the SNR's P95 use them
@@ -226,9 +235,8 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     valid = torch.arange(index.shape[1], device=x.device)[None] < counts[:, None]            # (B, W)
     packed = x.gather(2, index[:, None].expand(batch, levels, -1)).flatten(0, 1)
     if rescale:
-        top_packed = packed.view(batch, levels, -1)[:, -1:].expand(batch, levels, -1).flatten(0, 1)
-        scales = scale_packed(packed, top_packed, valid, MAD_TO_SIGMA * mad, group=levels).view(batch, levels)
-        scales = (scales / scales[:, :1]).float()
+        scales = _scales_onto_top(packed.view(batch, levels, -1), valid, (MAD_TO_SIGMA * mad).view(batch, levels))
+        scales = scales / scales[:, :1]
         # in place when x is the aligned copy made here; without alignment it may be the caller's tensor
         x = x.mul_(scales[..., None]) if align else x * scales[..., None]
         packed = packed * scales.flatten()[:, None]
@@ -236,11 +244,26 @@ def prepare_ladder(spectra: torch.Tensor, weighting: Weighting = "inverse_varian
     else:
         scales = torch.ones(batch, levels, device=x.device)
     sigma = (MAD_TO_SIGMA * mad).view(batch, levels)
-    snr = _snr(packed, valid.repeat_interleave(levels, 0), base, sigma.flatten()).view(batch, levels)
+    snr = _snr(packed, valid, base, sigma.flatten(), group=levels).view(batch, levels)
     weights = fusion_weights(sigma, snr, weighting, gamma, max_share, include_input)
     target = torch.bmm(weights[:, None].to(x.dtype), x)[:, 0]   # Σ_k w_k·x_k in one pass, no (B, K+1, L) temporary
     return Ladder(levels=x, target=target, peaks=peaks, baseline=baseline, sigma=sigma, snr=snr,
                   weights=weights, shifts=shifts, scales=scales)
+
+
+def _scales_onto_top(packed: torch.Tensor, valid: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The plan's s_k ``(B, K+1)`` float32 of every level of ``packed`` ``(B, K+1, W)`` (the peak points, ``valid``
+    ``(B, W)``; ``noise`` ``(B, K+1)``) onto the top level.
+
+    The top level's own scale is 1 without the robust fit: its initial median ratio is x/x = 1 and every Tukey
+    step then returns Σw·x² / Σw·x² = 1 exactly (the reference's fit gives the same), so only the K lower levels
+    are fitted, a quarter less work at K+1 = 4."""
+    batch, levels, width = packed.shape
+    below = packed[:, :-1].flatten(0, 1)
+    top = packed[:, -1:].expand(batch, levels - 1, width).flatten(0, 1)
+    scales = torch.ones(batch, levels, device=packed.device)
+    scales[:, :-1] = scale_packed(below, top, valid, noise[:, :-1].flatten(), group=levels - 1).view(batch, -1)
+    return scales
 
 
 def _align_global(x: torch.Tensor, max_shift: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,10 +279,12 @@ def _align_global(x: torch.Tensor, max_shift: int | None) -> tuple[torch.Tensor,
     offsets = torch.zeros(batch, levels, dtype=x.dtype, device=x.device)
     offsets[:, :-1] = shift_from_cross(cross.flatten(0, 1), length, max_shift).view(batch, levels - 1)
     shifts = offsets - offsets[:, :1]
-    moved = shift_transformed(transform[:, 1:].flatten(0, 1), -shifts[:, 1:].flatten(), length)
+    # the product with the phase ramps reads levels 1..K where they are, and writes the contiguous input the
+    # inverse transform wants (faster than a copy of them first, or an in-place product on the strided view)
+    ramp = phase_ramp(-shifts[:, 1:].flatten(), length, transform.dtype).view(batch, levels - 1, -1)
     aligned = torch.empty_like(x)
     aligned[:, 0] = x[:, 0]
-    aligned[:, 1:] = moved.view(batch, levels - 1, length)
+    aligned[:, 1:] = torch.fft.irfft(transform[:, 1:] * ramp, n=length)
     return aligned, shifts
 
 
