@@ -25,7 +25,7 @@ from utils.registry import MODELS, type_problem
 # 10^12 experts would otherwise ask for terabytes).
 MAX_EXPERTS = 64
 MAX_HIDDEN = 65536
-HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "aggregate_by_preference": bool}
+HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "residual": bool, "aggregate_by_preference": bool}
 
 
 def check_hypernet(hypernet: dict | None) -> None:
