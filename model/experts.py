@@ -25,7 +25,7 @@ from utils.registry import MODELS, type_problem
 # 10^12 experts would otherwise ask for terabytes).
 MAX_EXPERTS = 64
 MAX_HIDDEN = 65536
-HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "aggregate_by_preference": bool}
+HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "residual": bool, "aggregate_by_preference": bool}
 
 
 def check_hypernet(hypernet: dict | None) -> None:
@@ -69,7 +69,9 @@ class MultiExpertModel(BaseModel):
     :class:`PreferenceHypernet` arguments, e.g. ``{"hidden": 128}``) the experts' classifiers (or, in
     ``"adapter"`` mode, feature adapters before learned classifiers) are generated from a preference, and
     ``forward`` weights the experts by that preference unless ``set_inference(weights=...)`` fixed weights
-    (``"aggregate_by_preference": false`` in the hypernet dict restores the plain mean).
+    (``"aggregate_by_preference": false`` in the hypernet dict restores the plain mean). Generated classifiers
+    are a learned base plus a preference offset (``"residual": true``, the default; false generates the whole
+    matrix as released, whose heads end up ignoring the preference: see :class:`PreferenceHypernet`).
     """
 
     def __init__(self, shared: nn.Module, experts: nn.ModuleList, feature_dim: int, num_classes: int,

@@ -51,11 +51,22 @@ def test_hypernetwork_output_depends_on_the_preference_and_gets_gradients():
     a = model.expert_logits(x, torch.tensor([0.8, 0.1, 0.1]))
     b = model.expert_logits(x, torch.tensor([0.1, 0.1, 0.8]))
     assert not torch.allclose(a, b)
-    # not a small perturbation of a constant: the generated classifiers point in different directions
+    # residual (default): W(p) = B + offset(p), the offset zero at the default preference and, at a vertex,
+    # OFFSET_INIT of |B| whatever the sizes
+    hypernet = model.hypernet
     with torch.no_grad():
-        w1, w2 = model.hypernet(torch.tensor([1.0, 0, 0])), model.hypernet(torch.tensor([0, 0, 1.0]))
+        w1, w2 = hypernet(torch.tensor([1.0, 0, 0])), hypernet(torch.tensor([0, 0, 1.0]))
+        assert torch.allclose(hypernet(None), hypernet.base)
+        relative = (w1 - hypernet.base).flatten(1).norm(dim=1) / hypernet.base.flatten(1).norm(dim=1)
+    assert relative.mean() == pytest.approx(hypernet.OFFSET_INIT, rel=0.05)
+    assert not torch.allclose(w1, w2)
+    # the released form: not a small perturbation of a constant, the classifiers point in different directions
     # (an initialisation where the head's bias dominated gave 0.99999, and training then ignored the preference)
-    assert float(F.cosine_similarity(w1.flatten(1), w2.flatten(1)).max()) < 0.995
+    torch.manual_seed(0)
+    direct = build(hypernet={"hidden": 32, "residual": False}).hypernet
+    with torch.no_grad():
+        d1, d2 = direct(torch.tensor([1.0, 0, 0])), direct(torch.tensor([0, 0, 1.0]))
+    assert float(F.cosine_similarity(d1.flatten(1), d2.flatten(1)).max()) < 0.995
     a.sum().backward()
     assert model.hypernet.head.weight.grad is not None and model.hypernet.head.weight.grad.abs().sum() > 0
     assert model.hypernet.preference_scale.grad is not None
@@ -280,23 +291,44 @@ def test_prl_aggregate_objective_trains_like_sade_where_the_paper_form_starves()
     _, sade = toy_train({"scalarization": "sum"})
     _, aggregate = toy_train({"scalarization": "stch", "mu": 0.1}, {"hidden": 32})
     _, experts = toy_train({"scalarization": "stch", "mu": 0.1, "objective": "experts"}, {"hidden": 32})
-    # the default PRL objective's per-expert losses end within a factor of SADE's (measured 1.39); the near-max
-    # over the experts' own losses trains about one expert per step and ends far above (measured 5.1x SADE)
-    assert aggregate < 1.6 * sade, (aggregate, sade)
+    # the default PRL objective's per-expert losses end within 20% of SADE's (measured 0.89x); the near-max over
+    # the experts' own losses trains about one expert per step and ends far above (measured 3.5x SADE)
+    assert aggregate < 1.2 * sade, (aggregate, sade)
     assert experts > 2 * aggregate, (experts, aggregate)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 item 1, open: the generated heads still ignore the preference "
-                   "(the hypernetwork's output grows in norm along one direction that the cosine classifier "
-                   "normalises away; cosine 0.99999 between the heads for (1,0,0) and (0,0,1))")
 def test_prl_generated_heads_depend_on_the_preference_and_move_few_shot_accuracy():
+    """Issue 15 item 1: with the experts averaged the preference acts only through the generated heads, and it
+    must still change them and move the tail. Fails if the heads stop depending on the preference (measured on
+    this toy set: cosine 0.9879 with few-shot 0.22 -> 0.47; the released direct form 0.99982, 0.27 -> 0.27;
+    expert_term 1.0 instead of 0.25: 0.9979, 0.34 -> 0.37)."""
     model, _ = toy_train({"scalarization": "stch", "mu": 0.1}, {"hidden": 32, "aggregate_by_preference": False})
-    # experts averaged: the preference acts only through the generated heads, and still moves the tail
     assert head_cosine(model) < 0.99
-    assert toy_few_accuracy(model, [0, 0, 1.0]) > toy_few_accuracy(model, [1.0, 0, 0]) + 0.05
+    assert toy_few_accuracy(model, [0, 0, 1.0]) > toy_few_accuracy(model, [1.0, 0, 0]) + 0.15
     paper, _ = toy_train({"scalarization": "stch", "mu": 0.1, "objective": "experts"},
                          {"hidden": 32, "aggregate_by_preference": False})
     assert head_cosine(paper) > head_cosine(model)  # each expert's own loss: one minimiser for every preference
+
+
+def test_direct_generated_heads_collapse_onto_one_direction():
+    """Why the residual form is the default: generating the whole matrix, the MLP's output grows along what
+    every preference shares and the cosine classifier normalises the rest away (the cause of issue 15 item 1)."""
+    model, _ = toy_train({"scalarization": "stch", "mu": 0.1},
+                         {"hidden": 32, "aggregate_by_preference": False, "residual": False})
+    assert head_cosine(model) > 0.999  # measured 0.99982 (residual: 0.9879)
+    assert abs(toy_few_accuracy(model, [0, 0, 1.0]) - toy_few_accuracy(model, [1.0, 0, 0])) < 0.05
+
+
+def test_learned_conditioning_cannot_collapse_a_preference_weight():
+    """h(p) = normalize(2^tanh(w) p): every scale in [1/2, 2], so a vertex maps to itself and no weight of the
+    preference can be switched off (softplus(w) went to 0 in training: every p mapped to one h, a vertex to 0/0)."""
+    model = build(hypernet={"hidden": 16})
+    with torch.no_grad():
+        model.hypernet.preference_scale.copy_(torch.tensor([-115.0, 30.0, 0.0]))
+        assert torch.allclose(model.hypernet.conditioning(torch.tensor([0, 0, 1.0])), torch.tensor([0, 0, 1.0]))
+        h = model.hypernet.conditioning(torch.tensor([0.5, 0.5, 0.0]))
+    assert torch.allclose(h, torch.tensor([0.2, 0.8, 0.0]))
+    assert torch.isfinite(model.hypernet(torch.tensor([1.0, 0, 0]))).all()
 
 
 def test_discriminative_stability_scores_a_constant_prediction_zero():
