@@ -623,7 +623,7 @@ class BaseTrainer(ABC):
         try:
             self.raw_model.load_state_dict(state["model"])
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from err
+            raise weights_mismatch(path, self.raw_model, state["model"], err) from err
         if self.optimizer is not None and state.get("optimizer") is not None:
             self._load_optimizer(path, state["optimizer"])
             self._warn_if_optimizer_changed(path, state.get("config") or {})
@@ -692,7 +692,7 @@ class BaseTrainer(ABC):
         try:
             self.raw_model.load_state_dict(state["model"])
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from err
+            raise weights_mismatch(path, self.raw_model, state["model"], err) from err
         self.load_trainer_state(state.get("trainer_state") or {})
         return state
 
@@ -802,3 +802,28 @@ def _amp_dtype(amp: str, device: torch.device):
 
 
 __all__ = ["BaseTrainer", "BaseDataLoader"]
+
+
+def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeError) -> CheckpointError:
+    """One message for weights that do not load into ``model``: which tensors are missing or unexpected (a
+    few names), else torch's first line (shapes), and for a hypernetwork checkpoint from before the residual heads
+    (no ``hypernet.base``) the setting that builds its form."""
+    own = set(model.state_dict())
+    given = set(weights) if isinstance(weights, dict) else set()
+    missing, unexpected = sorted(own - given), sorted(given - own)
+
+    def few(names):
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    if missing or unexpected:
+        detail = "; ".join(part for part in (f"missing {few(missing)}" if missing else "",
+                                             f"unexpected {few(unexpected)}" if unexpected else "") if part)
+    else:
+        lines = str(err).splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+    hint = ""
+    if missing and all(name.endswith("hypernet.base") for name in missing):
+        hint = (" (a hypernetwork checkpoint from before the residual generated heads: evaluate it with --set "
+                "arch.args.hypernet.residual=false, which builds the released direct form; its learned preference "
+                "scale is read through the bounded conditioning, so results can differ slightly from before)")
+    return CheckpointError(f"{path}: weights do not fit the model: {detail}{hint}")

@@ -487,3 +487,20 @@ def test_test_training_says_what_it_does_per_split_then_prints_the_table(expert_
     header = "split                  before   adapted  unguarded  weights / preference"
     assert lines.index(adapted[-1]) < lines.index(header)
     assert done.stderr == ""
+
+
+def test_a_pre_residual_hypernetwork_checkpoint_names_the_setting_that_loads_it():
+    from base.base_trainer import weights_mismatch
+
+    old = build(hypernet={"hidden": 8, "residual": False}).state_dict()
+    model = build(hypernet={"hidden": 8})
+    with pytest.raises(RuntimeError) as caught:
+        model.load_state_dict(old)
+    message = str(weights_mismatch("old.pth", model, old, caught.value))
+    assert "old.pth: weights do not fit the model: missing hypernet.base" in message
+    assert "--set arch.args.hypernet.residual=false" in message
+    build(hypernet={"hidden": 8, "residual": False}).load_state_dict(old)  # the setting named does load it
+    extra = {**model.state_dict(), "stray.weight": torch.zeros(1)}
+    with pytest.raises(RuntimeError) as caught:
+        model.load_state_dict(extra)
+    assert "unexpected stray.weight" in str(weights_mismatch("x.pth", model, extra, caught.value))
