@@ -801,8 +801,6 @@ def _amp_dtype(amp: str, device: torch.device):
     return torch.bfloat16
 
 
-__all__ = ["BaseTrainer", "BaseDataLoader"]
-
 
 def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeError) -> CheckpointError:
     """One message for weights that do not load into ``model``: which tensors are missing or unexpected (a
@@ -827,3 +825,6 @@ def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeEr
                 "arch.args.hypernet.residual=false, which builds the released direct form; its learned preference "
                 "scale is read through the bounded conditioning, so results can differ slightly from before)")
     return CheckpointError(f"{path}: weights do not fit the model: {detail}{hint}")
+
+
+__all__ = ["BaseTrainer", "BaseDataLoader"]
