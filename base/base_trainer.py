@@ -805,7 +805,8 @@ def _amp_dtype(amp: str, device: torch.device):
 def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeError) -> CheckpointError:
     """One message for weights that do not load into ``model``: which tensors are missing or unexpected (a
     few names), else torch's first line (shapes), and for a hypernetwork checkpoint from before the residual heads
-    (no ``hypernet.base``) the setting that builds its form."""
+    (no ``hypernet.base``) or of the earlier "tanh" residual offset (no ``hypernet.offset_bound``) the setting that
+    builds its form."""
     own = set(model.state_dict())
     given = set(weights) if isinstance(weights, dict) else set()
     missing, unexpected = sorted(own - given), sorted(given - own)
@@ -820,10 +821,16 @@ def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeEr
         lines = str(err).splitlines()
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
     hint = ""
-    if missing and all(name.endswith("hypernet.base") for name in missing):
-        hint = (" (a hypernetwork checkpoint from before the residual generated heads: evaluate it with --set "
-                "arch.args.hypernet.residual=false, which builds the released direct form; its learned preference "
-                "scale is read through the bounded conditioning, so results can differ slightly from before)")
+    hypernet_forms = ("hypernet.base", "hypernet.offset_bound")
+    if missing and not unexpected and all(name.endswith(hypernet_forms) for name in missing):
+        if any(name.endswith("hypernet.base") for name in missing):
+            hint = (" (a hypernetwork checkpoint from before the residual generated heads: evaluate it with --set "
+                    "arch.args.hypernet.residual=false, which builds the released direct form; its learned "
+                    "preference scale is read through the bounded conditioning, so results can differ slightly "
+                    "from before)")
+        else:
+            hint = (' (a hypernetwork checkpoint of the residual heads\' earlier "tanh" offset: evaluate it with '
+                    "--set arch.args.hypernet.offset=tanh)")
     return CheckpointError(f"{path}: weights do not fit the model: {detail}{hint}")
 
 

@@ -25,7 +25,8 @@ from utils.registry import MODELS, type_problem
 # 10^12 experts would otherwise ask for terabytes).
 MAX_EXPERTS = 64
 MAX_HIDDEN = 65536
-HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "residual": bool, "aggregate_by_preference": bool}
+HYPERNET_KEYS = {"hidden": int, "mode": str, "rank": int | None, "residual": bool, "offset": str,
+                  "offset_bound": float, "aggregate_by_preference": bool}
 
 
 def check_hypernet(hypernet: dict | None) -> None:
@@ -44,6 +45,12 @@ def check_hypernet(hypernet: dict | None) -> None:
             raise ValueError(f"hypernet.{key} must be {problem}, got {type(value).__name__} {value!r}")
     if hypernet.get("mode", "classifier") not in ("classifier", "adapter"):
         raise ValueError(f'hypernet.mode must be "classifier" or "adapter", got {hypernet["mode"]!r}')
+    for key in ("offset", "offset_bound"):  # they shape the residual classifier offset, nothing else
+        if key in hypernet and (hypernet.get("residual", True) is False or hypernet.get("mode") == "adapter"):
+            raise ValueError(f"hypernet.{key} applies to the residual generated classifiers only (mode "
+                             f'"classifier", residual true); remove it or set residual true')
+    if "offset_bound" in hypernet and hypernet.get("offset", "relative") != "relative":
+        raise ValueError('hypernet.offset_bound applies to offset "relative" only; remove it')
     if not 1 <= hypernet.get("hidden", 1) <= MAX_HIDDEN or (
             hypernet.get("rank") is not None and not 1 <= hypernet["rank"] <= MAX_HIDDEN):
         raise ValueError(f"hypernet.hidden and hypernet.rank must be in [1, {MAX_HIDDEN}], got {hypernet}")

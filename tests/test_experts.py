@@ -302,14 +302,17 @@ def test_prl_aggregate_objective_trains_like_sade_where_the_paper_form_starves()
 def test_prl_generated_heads_depend_on_the_preference_and_move_few_shot_accuracy():
     """Issue 15 item 1: with the experts averaged the preference acts only through the generated heads, and it
     must still change them and move the tail. Fails if the heads stop depending on the preference (measured on
-    this toy set: cosine 0.9879 with few-shot 0.22 -> 0.47; the released direct form 0.99982, 0.27 -> 0.27;
-    expert_term 1.0 instead of 0.25: 0.9979, 0.34 -> 0.37)."""
+    this toy set: cosine 0.932 with few-shot 0.225 -> 0.465; the "tanh" offset 0.9879, 0.22 -> 0.47; the released
+    direct form 0.99982, 0.27 -> 0.27)."""
     model, _ = toy_train({"scalarization": "stch", "mu": 0.1}, {"hidden": 32, "aggregate_by_preference": False})
     assert head_cosine(model) < 0.99
-    assert toy_few_accuracy(model, [0, 0, 1.0]) > toy_few_accuracy(model, [1.0, 0, 0]) + 0.15
+    gain = toy_few_accuracy(model, [0, 0, 1.0]) - toy_few_accuracy(model, [1.0, 0, 0])
+    assert gain > 0.15
+    # Scored on each expert's own logits (the paper-era objective) the heads do move with the preference (cosine
+    # 0.147: stch at mu 0.1 trains about one expert per batch), but not usefully: few-shot 0.225 -> 0.195.
     paper, _ = toy_train({"scalarization": "stch", "mu": 0.1, "objective": "experts"},
                          {"hidden": 32, "aggregate_by_preference": False})
-    assert head_cosine(paper) > head_cosine(model)  # each expert's own loss: one minimiser for every preference
+    assert toy_few_accuracy(paper, [0, 0, 1.0]) - toy_few_accuracy(paper, [1.0, 0, 0]) < gain - 0.1
 
 
 def test_direct_generated_heads_collapse_onto_one_direction():
@@ -504,3 +507,32 @@ def test_a_pre_residual_hypernetwork_checkpoint_names_the_setting_that_loads_it(
     with pytest.raises(RuntimeError) as caught:
         model.load_state_dict(extra)
     assert "unexpected stray.weight" in str(weights_mismatch("x.pth", model, extra, caught.value))
+
+
+def test_a_tanh_offset_checkpoint_names_the_setting_that_loads_it():
+    """The "tanh" and "relative" offsets have the same parameters; the relative form's saved bound tells them
+    apart, so the earlier form's weights are refused by name instead of loading into the other form."""
+    from base.base_trainer import weights_mismatch
+
+    old = build(hypernet={"hidden": 8, "offset": "tanh"}).state_dict()
+    model = build(hypernet={"hidden": 8})
+    with pytest.raises(RuntimeError) as caught:
+        model.load_state_dict(old)
+    message = str(weights_mismatch("old.pth", model, old, caught.value))
+    assert "missing hypernet.offset_bound" in message and "--set arch.args.hypernet.offset=tanh" in message
+    build(hypernet={"hidden": 8, "offset": "tanh"}).load_state_dict(old)
+
+
+def test_the_relative_offset_is_bounded_relative_to_the_unit_columns():
+    """W_j(p) = normalize(B_j) + rho / sqrt(D) * tanh(G(p) - G(uniform)): whatever the generator's scale, every
+    entry of the offset is within rho / sqrt(D), so each column moves by at most rho against its unit base."""
+    torch.manual_seed(0)
+    hypernet = build(hypernet={"hidden": 16, "offset_bound": 0.5}).hypernet
+    with torch.no_grad():
+        hypernet.head.weight.mul_(1e4)  # drive the tanh to saturation
+        hypernet.base.mul_(7.0)  # a grown base changes nothing: it is normalised
+        offset = hypernet(torch.tensor([1.0, 0, 0])) - F.normalize(hypernet.base, dim=1)
+    bound = 0.5 / hypernet.feature_dim ** 0.5
+    assert float(offset.abs().max()) <= bound + 1e-6
+    assert float(offset.abs().max()) > 0.99 * bound  # saturated, so the bound is reached
+    assert float(offset.norm(dim=1).max()) <= 0.5 + 1e-5
