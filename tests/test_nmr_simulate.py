@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -347,3 +348,28 @@ def test_early_noise_is_off_by_default_and_bad_values_are_reported():
         SimulationSettings.from_dict({"early_noise_ms": [0.0, 1.0]})
     with pytest.raises(ValueError, match=r"mixture\[0\]: early_noise must be"):
         SimulationSettings.from_dict({"mixture": [{"preset": "1h", "early_noise": [-0.1, 0.2]}]})
+
+
+@pytest.mark.parametrize("override, section, message", [
+    ("data_loader.args.simulation.early_noise=[0.5, 1.2]", "data_loader",
+     'config["data_loader"] (NMRSimulated): simulation: early_noise must be [low, high] with 0 <= low <= high < 1'),
+    ('data_loader.args.simulation.early_noise_ms="1 ms"', "data_loader",
+     'config["data_loader"] (NMRSimulated): simulation.early_noise_ms must be a list'),
+    ('data_loader.args.simulation.mixture=[{"preset": "1h", "early_noise": [0.9, 0.2]}]', "data_loader",
+     'config["data_loader"] (NMRSimulated): simulation: mixture[0]: early_noise must be'),
+    ("data_loader.args.eval_simulation.early_noise_ms=[0, 1]", "data_loader",
+     'config["data_loader"] (NMRSimulated): eval_simulation: early_noise_ms must be [low, high] with 0 < low'),
+    ("loss.args.integral_window=1", "loss",
+     'config["loss"] (NMRDenoiseLoss): integral_window must be an integer >= 2'),
+])
+def test_the_real_noise_options_in_a_config_are_errors_that_name_the_config_path(override, section, message):
+    import re
+
+    from parse_config import ConfigParser, apply_override, load_json
+    from utils.errors import ConfigError
+
+    values = load_json(Path(__file__).resolve().parents[1] / "configs" / "nmr" / "pretrained_general.json")
+    apply_override(values, override)
+    config = ConfigParser(values, source="pretrained_general.json")
+    with pytest.raises(ConfigError, match=re.escape("pretrained_general.json: " + message)):
+        config.build_data_loader(training=True) if section == "data_loader" else config.build(section)
