@@ -31,6 +31,24 @@ def derivative_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.diff(dim=-1) - target.diff(dim=-1)).abs().mean()
 
 
+def window_integral_l1(pred: torch.Tensor, target: torch.Tensor, peaks: torch.Tensor, window: int = 9,
+                       peak_weight: float = 6.0) -> torch.Tensor:
+    """Mean of W·|mean_w(pred) − mean_w(target)| over every run of ``window`` consecutive points (a moving box, the
+    local integral divided by ``window``), W = ``peak_weight`` where the box's centre is a peak point, else 1.
+
+    NMR quantification reads window integrals. A pointwise loss lets a model trade an uncertain weak line for a
+    flat baseline (the conditional median of a line that may be noise is 0) or fill a narrow line's alternating
+    truncation wiggles and negative lobes with a smooth positive shoulder; both change the local integral, and
+    this term charges them. ``window`` must be >= 2 and at most the length.
+    """
+    diff = pred - target
+    zero = diff.new_zeros(diff.shape[:-1] + (1,))
+    total = torch.cat([zero, diff.cumsum(-1)], dim=-1)
+    box = (total[..., window:] - total[..., :-window]) / window                    # (..., L - window + 1)
+    centre = peaks[..., window // 2: window // 2 + box.shape[-1]].to(pred.dtype)
+    return ((1 + (peak_weight - 1) * centre) * box.abs()).mean()
+
+
 def baseline_curvature_l1(pred: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
     """Mean |y_(i+1) − 2y_i + y_(i−1)| over baseline points (whose neighbours are also baseline)."""
     curvature = pred[..., 2:] - 2 * pred[..., 1:-1] + pred[..., :-2]
@@ -72,31 +90,38 @@ def residual_ratio_loss(inputs: torch.Tensor, outputs: torch.Tensor, levels: lis
     return (norms[:, i].log() - norms[:, j].log() - expected.to(norms)).abs().mean()
 
 
-TERMS = ("rec", "deriv", "curv", "cons", "ratio")
+TERMS = ("rec", "deriv", "curv", "cons", "ratio", "integ")
 
 
 @LOSSES.register()
 class NMRDenoiseLoss:
-    """The plan's total loss: rec + λ1·deriv + λ2·curv + λ3·cons + λ4·ratio (§5.4).
+    """The plan's total loss: rec + λ1·deriv + λ2·curv + λ3·cons + λ4·ratio (§5.4), plus an optional λ5·integ.
 
     rec: peak-weighted L1 of the level-0 output to the pseudo-ground truth; deriv: first-derivative L1
     to it; curv: second-difference L1 of the level-0 output on the baseline; cons: L1 between the denoised
     levels of one sample (on every point, or only peaks with ``consistency_region: "peaks"``); ratio: the
-    residual-ratio constraint with T = the trainer's ``snr_ratio``. The trainer may change weights and
-    ``peak_weight`` per phase (it passes them to :meth:`__call__`).
+    residual-ratio constraint with T = the trainer's ``snr_ratio``; integ (not in the plan, off by default): the
+    peak-weighted L1 of local integrals over ``integral_window`` points (:func:`window_integral_l1`). The trainer
+    may change weights and ``peak_weight`` per phase (it passes them to :meth:`__call__`).
 
     Args:
-        weights: λ per term (keys rec, deriv, curv, cons, ratio); missing keys take the plan's initial values
-            1, 0.5, 0.1, 0.5, 0.2. A weight of 0 skips the term.
+        weights: λ per term (keys rec, deriv, curv, cons, ratio, integ); missing keys take the plan's initial
+            values 1, 0.5, 0.1, 0.5, 0.2 (integ: 0). A weight of 0 skips the term.
         peak_weight: W on the peak mask in the rec term (1 on the rest; 1 disables peak weighting).
         consistency_region: ``"all"`` (the plan) or ``"peaks"``.
+        integral_window: points per local integral of the integ term (default 9: a line of 2 points FWHM
+            integrated over ±2 FWHM, the usual integration window and that of ``model.nmr_metrics``).
     """
 
-    DEFAULTS = {"rec": 1.0, "deriv": 0.5, "curv": 0.1, "cons": 0.5, "ratio": 0.2}
+    DEFAULTS = {"rec": 1.0, "deriv": 0.5, "curv": 0.1, "cons": 0.5, "ratio": 0.2, "integ": 0.0}
 
     def __init__(self, weights: dict[str, float] | None = None, peak_weight: float = 6.0,
-                 consistency_region: str = "all"):
+                 consistency_region: str = "all", integral_window: int = 9):
         self.weights = self.merged_weights(weights)
+        if isinstance(integral_window, bool) or not isinstance(integral_window, int) or integral_window < 2:
+            raise ValueError(f"integral_window must be an integer >= 2 (points per local integral), "
+                             f"got {integral_window!r}")
+        self.integral_window = integral_window
         if peak_weight < 1:
             raise ValueError(f"peak_weight must be >= 1 (1: no peak weighting), got {peak_weight}")
         if consistency_region not in ("all", "peaks"):
@@ -133,6 +158,9 @@ class NMRDenoiseLoss:
             terms["deriv"] = derivative_l1(output, target)
         if w["curv"]:
             terms["curv"] = baseline_curvature_l1(output, baseline)
+        if w["integ"]:
+            window = min(self.integral_window, output.shape[-1])
+            terms["integ"] = window_integral_l1(output, target, peaks, window, peak_weight)
         if outputs is not None and w["cons"]:
             region = peaks if self.consistency_region == "peaks" else None
             terms["cons"] = consistency_l1(outputs, region)

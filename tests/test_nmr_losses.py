@@ -11,6 +11,7 @@ from model.nmr_loss import (
     derivative_l1,
     peak_weighted_l1,
     residual_ratio_loss,
+    window_integral_l1,
 )
 from model.unet1d import UNet1D
 
@@ -120,3 +121,43 @@ def test_unet_rejects_bad_shapes_and_settings():
         UNet1D(channels=[8, 8])(torch.randn(2, 3, 4, 5))
     with pytest.raises(ValueError, match="odd"):
         UNet1D(kernel_size=4)
+
+
+def test_window_integral_l1_charges_area_not_zero_sum_wiggles():
+    clean, peaks, _ = gaussian_peaks()
+    assert window_integral_l1(clean, clean, peaks) < 1e-7
+    # the term is the peak-weighted mean |moving 9-point mean of (pred - target)|, checked against a convolution
+    pred = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    box = torch.nn.functional.conv1d((pred - clean)[:, None], torch.ones(1, 1, 9, dtype=torch.float64) / 9)[:, 0]
+    weight = 1 + 5.0 * peaks[:, 4:4 + box.shape[-1]].float()
+    assert window_integral_l1(pred, clean, peaks, 9, 6.0).item() == pytest.approx((weight * box.abs()).mean().item(),
+                                                                                  rel=1e-5)
+    # an alternating +-a wiggle (sums to zero over the window) and a positive shoulder of the same pointwise L1:
+    # the rec term cannot tell them apart, the integral term charges only the shoulder
+    index = torch.arange(LENGTH)
+    wiggle = 0.05 * (-1.0) ** index * ((index > 100) & (index < 140))
+    shoulder = 0.05 * ((index > 100) & (index < 140)).double()
+    flat = torch.zeros(2, LENGTH, dtype=torch.float64)
+    none = torch.zeros(2, LENGTH, dtype=torch.bool)
+    assert peak_weighted_l1(flat + wiggle, flat, none).item() == pytest.approx(
+        peak_weighted_l1(flat + shoulder, flat, none).item())
+    # (an odd window holds one unpaired wiggle: 1/9 of the shoulder's cost)
+    assert window_integral_l1(flat + wiggle, flat, none).item() < 0.15 * window_integral_l1(flat + shoulder, flat,
+                                                                                            none).item()
+    # erasing a line costs its local area, W times over on its peak points
+    erased = window_integral_l1(torch.zeros_like(clean), clean, peaks, 9, 6.0)
+    assert erased > 2 * window_integral_l1(torch.zeros_like(clean), clean, peaks, 9, 1.0)
+
+
+def test_integral_term_is_off_by_default_and_its_window_is_validated():
+    clean, peaks, baseline = gaussian_peaks()
+    assert NMRDenoiseLoss().weights["integ"] == 0.0
+    assert "integ" not in NMRDenoiseLoss()(clean + 0.01, clean, peaks, baseline)
+    on = NMRDenoiseLoss(weights={"integ": 2.0}, integral_window=5)
+    terms = on(clean + 0.01, clean, peaks, baseline)
+    assert terms["integ"].item() == pytest.approx(window_integral_l1(clean + 0.01, clean, peaks, 5, 6.0).item())
+    assert terms["loss"].item() == pytest.approx(terms["rec"].item() + 0.5 * terms["deriv"].item()
+                                                 + 0.1 * terms["curv"].item() + 2.0 * terms["integ"].item())
+    for bad in (1, 2.5, True, "9"):
+        with pytest.raises(ValueError, match="integral_window must be an integer >= 2"):
+            NMRDenoiseLoss(integral_window=bad)

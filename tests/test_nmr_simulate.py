@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,3 +284,92 @@ def test_large_requests_are_chunked_deterministically(monkeypatch):
     assert a["spectra"].shape == (10, 4, 2048) and torch.equal(a["spectra"], b["spectra"])
     noise = (a["spectra"] - a["clean"][:, None]).double().std(-1)
     assert (a["clean"].double().amax(-1) / noise[:, 0]).mean().item() == pytest.approx(10.0, rel=0.05)
+
+
+def _noise_acf(noise: torch.Tensor, lags) -> list[float]:
+    """Autocorrelation of zero-mean noise ``(..., L)`` at ``lags`` (about zero, not the sample mean: the excess
+    noise is slow, so a per-spectrum mean would remove part of it), averaged over all leading dimensions."""
+    power = noise.pow(2).mean()
+    return [((noise[..., :-k] * noise[..., k:]).mean() / power).item() if k else 1.0 for k in lags]
+
+
+def test_early_noise_is_lorentzian_correlated_with_the_stated_half_width_and_exact_sigma():
+    # f = 0.4 of the variance in early-FID noise of tau = 4 ms: HWHM 1/(2 pi tau) = 39.8 Hz = 39.8 points here
+    fraction, tau = 0.4, 4.0
+    hwhm = 1 / (2 * math.pi * tau * 1e-3)
+    options = {**PLAIN, "length": 2048, "levels": 3, "hz_per_point": 1.0, "lb_hz": 0.3}
+    coloured = SimulationSettings.from_dict({**options, "early_noise": [fraction, fraction],
+                                             "early_noise_ms": [tau, tau]})
+    data = simulate_ladders(coloured, 96, seed=11, snr=10.0)
+    noise = (data["spectra"] - data["clean"][:, None]).double()
+    acf = _noise_acf(noise, [5, round(hwhm), 4 * round(hwhm)])
+    # the white part is uncorrelated beyond 2 points, so the acf is f / (1 + (k / hwhm)^2)
+    for value, lag in zip(acf, [5, round(hwhm), 4 * round(hwhm)]):
+        assert value == pytest.approx(fraction / (1 + (lag / hwhm) ** 2), abs=0.04)
+    white = simulate_ladders(SimulationSettings.from_dict(options), 96, seed=11, snr=10.0)
+    white_noise = (white["spectra"] - white["clean"][:, None]).double()
+    assert abs(_noise_acf(white_noise, [round(hwhm)])[0]) < 0.02
+    # sigma is the processed noise's true RMS (white + excess), level 0 has the asked max/sigma, and T holds
+    rms = noise.pow(2).mean(-1).sqrt()
+    assert (rms / data["sigma"]).mean().item() == pytest.approx(1.0, rel=0.03)
+    assert (data["clean"].double().amax(-1) / data["sigma"][:, 0].double()).mean().item() == pytest.approx(
+        10.0, rel=1e-4)
+    assert (data["sigma"][:, :-1] / data["sigma"][:, 1:]).mean().item() == pytest.approx(2.0, rel=1e-4)
+    assert (rms[:, :-1] / rms[:, 1:]).mean().item() == pytest.approx(2.0, rel=0.05)
+    # every level draws its own excess noise: the levels' noises stay uncorrelated
+    corr = torch.corrcoef(torch.stack([noise[:, 0].flatten(), noise[:, 1].flatten()]))[0, 1]
+    assert abs(corr) < 0.03
+
+
+def test_early_noise_fraction_is_drawn_per_ladder_and_sigma_follows_each_draw():
+    settings = SimulationSettings.from_dict({**PLAIN, "length": 1024, "levels": 2, "early_noise": [0.0, 0.6],
+                                             "early_noise_ms": [0.5, 2.0]})
+    data = simulate_ladders(settings, 128, seed=12, snr=10.0)
+    noise = (data["spectra"] - data["clean"][:, None]).double()
+    rms = noise.pow(2).mean(-1).sqrt()
+    # per ladder, the RMS over 1,024 points scatters around sigma, more for the slower excess; on average exact
+    assert (rms / data["sigma"]).mean().item() == pytest.approx(1.0, rel=0.03)
+    lag = _noise_acf(noise[:, 0], [20])[0]
+    # f averages 0.3 (more weight on the larger ones in a power-weighted acf), and with 1.95 Hz per point the
+    # half width is 41-163 points, so at 20 points the acf is 0.8-1 times f
+    assert 0.2 < lag < 0.4
+    spread = torch.tensor([_noise_acf(noise[i, 0], [20])[0] for i in range(len(noise))])
+    assert spread.std().item() > 0.08   # different ladders, different fractions
+    assert torch.equal(data["spectra"], simulate_ladders(settings, 128, seed=12, snr=10.0)["spectra"])
+
+
+def test_early_noise_is_off_by_default_and_bad_values_are_reported():
+    assert SimulationSettings().early_noise == (0.0, 0.0)
+    with pytest.raises(ValueError, match=r"early_noise must be \[low, high\] with 0 <= low <= high < 1"):
+        SimulationSettings.from_dict({"early_noise": [0.2, 1.0]})
+    with pytest.raises(ValueError, match="early_noise must be"):
+        SimulationSettings.from_dict({"early_noise": [0.5, 0.2]})
+    with pytest.raises(ValueError, match="early_noise_ms must be"):
+        SimulationSettings.from_dict({"early_noise_ms": [0.0, 1.0]})
+    with pytest.raises(ValueError, match=r"mixture\[0\]: early_noise must be"):
+        SimulationSettings.from_dict({"mixture": [{"preset": "1h", "early_noise": [-0.1, 0.2]}]})
+
+
+@pytest.mark.parametrize("override, section, message", [
+    ("data_loader.args.simulation.early_noise=[0.5, 1.2]", "data_loader",
+     'config["data_loader"] (NMRSimulated): simulation: early_noise must be [low, high] with 0 <= low <= high < 1'),
+    ('data_loader.args.simulation.early_noise_ms="1 ms"', "data_loader",
+     'config["data_loader"] (NMRSimulated): simulation.early_noise_ms must be a list'),
+    ('data_loader.args.simulation.mixture=[{"preset": "1h", "early_noise": [0.9, 0.2]}]', "data_loader",
+     'config["data_loader"] (NMRSimulated): simulation: mixture[0]: early_noise must be'),
+    ("data_loader.args.eval_simulation.early_noise_ms=[0, 1]", "data_loader",
+     'config["data_loader"] (NMRSimulated): eval_simulation: early_noise_ms must be [low, high] with 0 < low'),
+    ("loss.args.integral_window=1", "loss",
+     'config["loss"] (NMRDenoiseLoss): integral_window must be an integer >= 2'),
+])
+def test_the_real_noise_options_in_a_config_are_errors_that_name_the_config_path(override, section, message):
+    import re
+
+    from parse_config import ConfigParser, apply_override, load_json
+    from utils.errors import ConfigError
+
+    values = load_json(Path(__file__).resolve().parents[1] / "configs" / "nmr" / "pretrained_general.json")
+    apply_override(values, override)
+    config = ConfigParser(values, source="pretrained_general.json")
+    with pytest.raises(ConfigError, match=re.escape("pretrained_general.json: " + message)):
+        config.build_data_loader(training=True) if section == "data_loader" else config.build(section)

@@ -94,6 +94,14 @@ def _check_simulation(simulation: dict | None) -> None:
             raise ValueError(f"simulation.{key} must be {problem}, got {type(value).__name__} {value!r}")
 
 
+def _settings(values: dict | None, key: str) -> SimulationSettings:
+    """:class:`SimulationSettings` from ``values``; a bad value is reported under ``key`` (its config key)."""
+    try:
+        return SimulationSettings.from_dict(values)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
+
+
 @DATA_LOADERS.register()
 class NMRSimulated(BaseDataLoader):
     """Simulated ladders (first-order multiplets of Voigt lines, σ_k = σ_0·T^-k; see data_loader/nmr/simulate.py).
@@ -106,7 +114,7 @@ class NMRSimulated(BaseDataLoader):
             test ladders at ``test_snr``.
         simulation: settings of :class:`SimulationSettings` (length, levels, snr_ratio, snr, linewidth_hz...,
             and the real-data options: zero_fill, hz_per_point, phase0_deg, phase1_deg, baseline_roll, drift_hz,
-            drift_linewidth_hz, mixture).
+            drift_linewidth_hz, early_noise, early_noise_ms, mixture); a bad value is reported as "simulation: ...".
         eval_simulation: overrides of ``simulation`` for the validation and test ladders (e.g.
             ``{"mixture": []}`` to train on a mixture of regimes and select/score on the base regime alone);
             null: the same settings as training.
@@ -123,9 +131,9 @@ class NMRSimulated(BaseDataLoader):
                  eval_simulation: dict | None = None):
         _check_simulation(simulation)
         _check_simulation(eval_simulation)
-        self.settings = SimulationSettings.from_dict(simulation)
+        self.settings = _settings(simulation, "simulation")
         self.eval_settings = (self.settings if eval_simulation is None else
-                              SimulationSettings.from_dict({**(simulation or {}), **eval_simulation}))
+                              _settings({**(simulation or {}), **eval_simulation}, "eval_simulation"))
         if fresh_each_epoch and num_workers:
             raise ValueError("fresh_each_epoch needs num_workers 0: worker processes keep their own copy of the "
                              "ladders (generation is vectorised and fast on the main process)")

@@ -23,6 +23,18 @@ Options beyond today's defaults (every one off by default, so the defaults repro
   broaden by k·b Hz, d and b drawn per ladder uniformly in ±``drift_hz`` and ±``drift_linewidth_hz`` (b is
   kept above −0.9·(narrowest Lorentzian)/K, so no line gets a negative width). Level 0 is the frame: the clean
   spectrum is level 0's lines.
+- ``early_noise``, ``early_noise_ms``: non-white receiver noise, correlated along the spectrum. Real receivers add
+  excess noise at the start of every FID (receiver recovery after the pulse, acoustic ringing, pulse breakthrough,
+  the first points after the digital filter), lasting from tens of µs to a few ms and varying from scan to scan.
+  In the time domain the complex noise's variance is σ²·(1 + A·exp(−t/τ)); after processing, the excess is a
+  stationary component whose autocorrelation along the spectrum is a Lorentzian of half width at half maximum
+  1/(2π·τ) Hz (160 Hz, i.e. 160 points at 1 Hz per point, for τ = 1 ms): slow, baseline-like noise that does not
+  look like a peak but biases integrals. Per ladder a fraction f of the processed noise variance is drawn
+  uniformly in ``early_noise`` (``[low, high]``, 0 <= low <= high < 1) and τ log-uniformly in ``early_noise_ms``;
+  A follows from f exactly. Every level gets its own draw (scan-to-scan noise averages down like the white part,
+  so σ_k = σ_0·T^-k still holds), and ``sigma`` and the level-0 max/σ include the excess:
+  σ² = σ_fid²·Σ w_n²·(1 + A·exp(−t_n/τ)) exactly (w: the apodisation weights), as the MAD of real noise measures
+  it. Off (f = 0) by default.
 - ``mixture``: regimes (named presets of :data:`PRESETS` or objects of overrides with an optional ``weight``
   and ``preset``); each ladder draws one, so one data set mixes nuclei, line shapes and processing. This is
   what a general pretrained model trains on.
@@ -105,6 +117,8 @@ class SimulationSettings:
     baseline_roll: float = 0.0      # shared baseline roll, max |roll| relative to max(clean)
     drift_hz: float = 0.0           # level k shifted by k·d Hz, d uniform in ±drift_hz per ladder
     drift_linewidth_hz: float = 0.0  # level k broadened by k·b Hz, b uniform in ±drift_linewidth_hz per ladder
+    early_noise: tuple[float, float] = (0.0, 0.0)    # fraction of noise variance in excess early-FID noise, per ladder
+    early_noise_ms: tuple[float, float] = (0.1, 2.0)  # its decay time τ in ms (HWHM 1/(2πτ) Hz along the spectrum)
     mixture: tuple = ()             # regimes: preset names or {"preset"?, "weight"?, overrides...}; one per ladder
 
     def __post_init__(self):
@@ -121,6 +135,13 @@ class SimulationSettings:
                 problems.append(f"{name} must be [low, high] with 0 <= low <= high, got {[low, high]}")
         if self.snr[0] <= 0 or self.linewidth_hz[0] <= 0 or self.scale_range[0] <= 0 or self.multiplets[0] < 1:
             problems.append("snr, linewidth_hz and scale_range must be positive and multiplets at least 1")
+        low, high = self.early_noise
+        if not 0 <= low <= high < 1:
+            problems.append(f"early_noise must be [low, high] with 0 <= low <= high < 1 (a fraction of the noise "
+                            f"variance), got {[low, high]}")
+        low, high = self.early_noise_ms
+        if not 0 < low <= high:
+            problems.append(f"early_noise_ms must be [low, high] with 0 < low <= high (ms), got {[low, high]}")
         if self.zero_fill < 1 or self.length % self.zero_fill or self.length // self.zero_fill < 16:
             problems.append(f"zero_fill must be >= 1, divide length ({self.length}) and leave at least 16 FID "
                             f"points, got {self.zero_fill}")
@@ -282,6 +303,27 @@ def noise_gain(settings: SimulationSettings) -> float:
     return float(w.pow(2).sum().sqrt())
 
 
+def early_noise_profile(settings: SimulationSettings, fraction: torch.Tensor,
+                        tau_ms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitude profiles ``(n, td)`` of the FID noise and the processed noise gains ``(n,)`` for excess early-FID
+    noise (``early_noise``): a fraction ``fraction`` ``(n,)`` of the processed noise variance in noise that decays
+    with time constant ``tau_ms`` ``(n,)``, i.e. correlated along the spectrum with a Lorentzian autocorrelation of
+    half width 1/(2π·τ) Hz.
+
+    FID point n (time t_n = n/sw) gets complex noise of variance σ²·(1 + A·exp(−t_n/τ)), and A solves
+    A·S1 / (S0 + A·S1) = fraction with S0 = Σ w_n², S1 = Σ w_n²·exp(−t_n/τ) (w: apodisation weights, first point
+    halved), so the gain is sqrt(S0 + A·S1) per unit σ, exactly, at every spectrum point.
+    """
+    td = settings.fid_points
+    t = torch.arange(td, dtype=torch.float64, device=fraction.device) / settings.sw_hz
+    w2 = torch.exp(-2 * math.pi * settings.lb_hz * t)
+    w2[0] /= 4
+    decay = torch.exp(-t[None] / (1e-3 * tau_ms[:, None]))                                  # (n, td)
+    s0, s1 = w2.sum(), (w2 * decay).sum(-1)
+    excess = fraction * s0 / ((1 - fraction) * s1)
+    return (1 + excess[:, None] * decay).sqrt(), (s0 + excess * s1).sqrt()
+
+
 def simulate_ladders(settings: SimulationSettings, n: int, seed: int, device="cpu",
                      snr: float | None = None) -> dict[str, torch.Tensor]:
     """``n`` simulated ladders. Returns tensors on ``device``:
@@ -350,11 +392,20 @@ def _simulate(settings: SimulationSettings, n: int, seed: int, device, snr) -> d
     peak = clean.amax(-1)
     target = (torch.full((n,), float(snr), dtype=torch.float64, device=device) if snr is not None
               else _log_uniform(generator, (n,), *s.snr, device))
-    sigma0 = peak / (target * noise_gain(s))
+    gain = noise_gain(s)
+    profile = None
+    if s.early_noise[1] > 0:   # drawn only when on, so the defaults keep today's random stream
+        fraction = _uniform(generator, (n,), *s.early_noise, device)
+        tau = _log_uniform(generator, (n,), *s.early_noise_ms, device)
+        profile, gain = early_noise_profile(s, fraction, tau)
+        profile, gain = profile[:, None], gain[:, None]                                    # (n, 1, td), (n, 1)
+    sigma0 = peak / (target * (gain if profile is None else gain[:, 0]))
     sigma_fid = sigma0[:, None] * s.snr_ratio ** -torch.arange(levels, device=device, dtype=torch.float64)
     td = s.fid_points
     noise = torch.complex(torch.randn(n, levels, td, generator=generator, device=device, dtype=torch.float64),
                           torch.randn(n, levels, td, generator=generator, device=device, dtype=torch.float64))
+    if profile is not None:
+        noise = noise * profile
     phase = _uniform(generator, (n, levels), -s.phase_deg, s.phase_deg, device)
     # the options below draw only when they are on, so the defaults keep today's random stream (and numbers)
     signal = clean_fid[:, None]                                                              # (n, 1 or K+1, td)
@@ -373,7 +424,7 @@ def _simulate(settings: SimulationSettings, n: int, seed: int, device, snr) -> d
     spectra = fourier_shift(spectra.flatten(0, 1), shift.flatten()).view(n, levels, s.length)
     scale = _log_uniform(generator, (n, levels), *s.scale_range, device)
     spectra = spectra * scale[..., None]
-    sigma = sigma_fid * noise_gain(s) * scale
+    sigma = sigma_fid * gain * scale
     return {"spectra": spectra.float(), "clean": (clean * scale[:, :1]).float(), "sigma": sigma.float(),
             "phase0": phase.float(),
             "phase1": (phase1 if phase1 is not None else torch.zeros(n, dtype=torch.float64, device=device)).float(),
