@@ -36,7 +36,8 @@ class PreferenceHypernet(nn.Module):
 
     - ``"relative"`` (default): ``W_j(p) = normalize(B_j) + rho / sqrt(D) * tanh(G_j(p) - G_j(uniform))``,
       columns normalised, ``rho`` = ``offset_bound`` (1.0). Subtracting before the ``tanh`` cancels what every
-      preference shares, and the bound is relative to the unit column whatever ``|B_j|`` grows to.
+      preference shares, and the bound is relative to the unit column whatever ``|B_j|`` grows to (with
+      ``rank`` the bound applies to ``U`` and the offset is ``U @ V``).
     - ``"tanh"``: ``W_j(p) = B_j + tanh(G_j(p)) - tanh(G_j(uniform))`` (the form of the previous release).
       On CIFAR-10-LT the MLP's features still collapse onto one direction whose norm grows (cosine 0.9999
       between (1,0,0) and uniform, norm 96-150 after 20 epochs), so ``G(p)`` is a scaled copy of ``G(uniform)``;
