@@ -801,12 +801,10 @@ def _amp_dtype(amp: str, device: torch.device):
     return torch.bfloat16
 
 
-
 def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeError) -> CheckpointError:
     """One message for weights that do not load into ``model``: which tensors are missing or unexpected (a
-    few names), else torch's first line (shapes), and for a hypernetwork checkpoint from before the residual heads
-    (no ``hypernet.base``) or of the earlier "tanh" residual offset (no ``hypernet.offset_bound``) the setting that
-    builds its form."""
+    few names), else torch's first line (shapes); a model that knows its earlier forms (``weights_hint(missing,
+    unexpected)``, e.g. the hypernetwork's) adds the setting that builds the checkpoint's."""
     own = set(model.state_dict())
     given = set(weights) if isinstance(weights, dict) else set()
     missing, unexpected = sorted(own - given), sorted(given - own)
@@ -820,18 +818,8 @@ def weights_mismatch(path, model: torch.nn.Module, weights: dict, err: RuntimeEr
     else:
         lines = str(err).splitlines()
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
-    hint = ""
-    hypernet_forms = ("hypernet.base", "hypernet.offset_bound")
-    if missing and not unexpected and all(name.endswith(hypernet_forms) for name in missing):
-        if any(name.endswith("hypernet.base") for name in missing):
-            hint = (" (a hypernetwork checkpoint from before the residual generated heads: evaluate it with --set "
-                    "arch.args.hypernet.residual=false, which builds the released direct form; its learned "
-                    "preference scale is read through the bounded conditioning, so results can differ slightly "
-                    "from before)")
-        else:
-            hint = (' (a hypernetwork checkpoint of the residual heads\' earlier "tanh" offset: evaluate it with '
-                    "--set arch.args.hypernet.offset=tanh)")
-    return CheckpointError(f"{path}: weights do not fit the model: {detail}{hint}")
+    hint = model.weights_hint(missing, unexpected) if hasattr(model, "weights_hint") else ""
+    return CheckpointError(f"{path}: weights do not fit the model: {detail}{hint and f' ({hint})'}")
 
 
 __all__ = ["BaseTrainer", "BaseDataLoader"]

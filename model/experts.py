@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from base.base_model import BaseModel
-from model.hypernet import PreferenceHypernet
+from model.hypernet import PreferenceHypernet, earlier_form_hint
 from model.resnet_cifar import BasicBlock
 from model.resnet_imagenet import _load_pretrained
 from utils.registry import MODELS, type_problem
@@ -173,6 +173,11 @@ class MultiExpertModel(BaseModel):
             return logits
         weights = None if preference is None else self.inference_weights(preference)
         return self.aggregate(logits, weights)
+
+    def weights_hint(self, missing: list[str], unexpected: list[str]) -> str:
+        """For ``BaseTrainer``'s weights-mismatch message: the setting that loads a checkpoint of an earlier
+        hypernetwork head form, or ``""``."""
+        return earlier_form_hint(missing, unexpected) if self.hypernet is not None else ""
 
     def set_inference(self, preference: list[float] | None = None, weights: list[float] | None = None) -> None:
         """Fix the preference (hypernetwork models) and the expert weights used by ``forward``; both are

@@ -157,3 +157,19 @@ class PreferenceHypernet(nn.Module):
         out = out.diagonal(dim1=0, dim2=1).T if per_expert else out
         weights = out.view(E, D, width)
         return weights @ self.low_rank if self.low_rank is not None and bounded else weights
+
+
+def earlier_form_hint(missing: list[str], unexpected: list[str]) -> str:
+    """The setting that builds a hypernetwork checkpoint of an earlier head form, judged from the tensors this
+    model has and the checkpoint lacks (``""`` when the mismatch is something else): no ``hypernet.base`` is the
+    direct form from before the residual heads, no ``hypernet.offset_bound`` alone the "tanh" offset."""
+    forms = ("hypernet.base", "hypernet.offset_bound")
+    if not missing or unexpected or not all(name.endswith(forms) for name in missing):
+        return ""
+    if any(name.endswith("hypernet.base") for name in missing):
+        return ("a hypernetwork checkpoint from before the residual generated heads: evaluate it with --set "
+                "arch.args.hypernet.residual=false, which builds the released direct form; its learned preference "
+                "scale is read through the bounded conditioning, so results can differ slightly from before")
+    return ('a hypernetwork checkpoint of the residual heads\' earlier "tanh" offset: evaluate it with --set '
+            "arch.args.hypernet.offset=tanh")
+
