@@ -274,17 +274,13 @@ class TestTimeTrainer(BaseTrainer):
             self.preference_logits.copy_(state[1])
 
     @torch.no_grad()
-    def _prior_check(self, features: torch.Tensor, start: tuple[torch.Tensor, torch.Tensor]) -> str | None:
-        """The prior guard (:func:`prior_guard`) on the adaptation images' expert features ``(N, E, D)``: None
-        when the adapted combination is kept, else why not (for the status line). The features are whole on every
-        rank, so every rank decides the same."""
-        adapted = self._state()
-        adapted_weights = self.weights().detach()
-        self._load_state(start)
-        start_weights, start_logits = self.weights().detach(), self.combined(features)
-        self._load_state(adapted)
+    def _prior_check(self, start_logits: torch.Tensor, start_weights: torch.Tensor) -> str | None:
+        """The prior guard (:func:`prior_guard`) from the adaptation images' logits ``(N, C)`` and the expert
+        weights ``(E,)`` of the combination adaptation started from, against the current (adapted) weights: None
+        when the adapted combination is kept, else why not (for the status line). The logits come from features
+        that are whole on every rank, so every rank decides the same."""
         loss = self.criterion
-        before, after = prior_guard(start_logits, start_weights, adapted_weights,
+        before, after = prior_guard(start_logits, start_weights, self.weights().detach(),
                                     loss.adjustments(self.raw_model.num_experts).to(self.device),
                                     loss.log_prior.to(self.device))
         if after < before:
@@ -354,12 +350,16 @@ class TestTimeTrainer(BaseTrainer):
             try:
                 self._reset()
                 start = self._state()
+                adapt_rows = torch.as_tensor(adapt, dtype=torch.long)
+                with torch.no_grad():  # what the guard compares the adaptation with
+                    start_weights = self.weights().detach()
+                    start_logits = self.combined(features[adapt_rows]) if self.guard == "prior" else None
                 epoch = self._adapt(adapt)
                 with torch.no_grad():  # scored below as "unguarded_all": what the guard kept or refused
                     unguarded = self.combined(features[score])
                 refused = None
                 if self.guard == "prior":
-                    refused = self._prior_check(features[torch.as_tensor(adapt, dtype=torch.long)], start)
+                    refused = self._prior_check(start_logits, start_weights)
                 if refused is not None:  # the model's own combination, as before adaptation
                     self._load_state(start)
             finally:
