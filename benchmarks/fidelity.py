@@ -34,6 +34,11 @@ Claims (one PASS/FAIL row each, per set):
    of the sweep's best);
 5. test-time training (SADE) loses nothing on uniform (>= before - 0.5 points) and gains on backward50.
 
+Runs are resumable: an invocation that is cut short (a session ends, Ctrl-C) leaves its runs' ``latest.pth``; the
+next invocation with the same ``--work``, ``--epochs`` and ``--seed`` goes on from there (``train.py -r``) instead
+of starting over, and a finished run (its ``done`` marker) is reused, so the full 200-epoch schedule can be
+spread over several invocations.
+
 ``--quick`` (CI): the smallest set only (10 classes, 150 a class before IR 100, 40 test images a class) and a
 short schedule; it asserts nothing itself, it prints the same table (tests/test_fidelity.py runs it and checks
 the report's structure). Nothing here is a fixed expectation: every figure comes from the runs.
@@ -127,28 +132,48 @@ class Runner:
         path = self.paths[method]
         config = json.loads(path.read_text())
         model_dir = self.work / "saved" / "models" / config["name"] / self.run_id
-        best = model_dir / "model_best.pth"
+        best, latest = model_dir / "model_best.pth", model_dir / "latest.pth"
         if best.exists() and (model_dir / "done").exists():  # a finished run of an earlier invocation
             return best
-        if model_dir.exists():
-            import shutil
+        planned = schedule_overrides(config, self.epochs)
+        if latest.exists() and self._resumable(latest, planned):
+            # an invocation cut short (a session ends, Ctrl-C): go on from its last finished epoch, so that a
+            # full-schedule run can be spread over several invocations
+            argv = ["-r", str(latest), "-d", self.device]
+        else:
+            if model_dir.exists():
+                import shutil
 
-            shutil.rmtree(model_dir)
-            shutil.rmtree(self.work / "saved" / "log" / config["name"] / self.run_id, ignore_errors=True)
-        argv = ["-c", str(path), "--run-id", self.run_id, "--seed", str(self.seed), "-d", self.device,
-                "--set", f"data_loader.args.data_dir={json.dumps(str(self.data_dir))}",
-                "--set", "data_loader.args.download=false",
-                "--set", f"trainer.args.save_dir={json.dumps(str(self.work / 'saved'))}",
-                "--set", "trainer.args.tensorboard=false", "--set", "trainer.args.progress_bar=false"]
-        for value in schedule_overrides(config, self.epochs):
-            argv += ["--set", value]
-        if init_from is not None:
-            argv += ["--init-from", str(init_from)]
+                shutil.rmtree(model_dir)
+                shutil.rmtree(self.work / "saved" / "log" / config["name"] / self.run_id, ignore_errors=True)
+            argv = ["-c", str(path), "--run-id", self.run_id, "--seed", str(self.seed), "-d", self.device,
+                    "--set", f"data_loader.args.data_dir={json.dumps(str(self.data_dir))}",
+                    "--set", "data_loader.args.download=false",
+                    "--set", f"trainer.args.save_dir={json.dumps(str(self.work / 'saved'))}",
+                    "--set", "trainer.args.tensorboard=false", "--set", "trainer.args.progress_bar=false"]
+            for value in planned:
+                argv += ["--set", value]
+            if init_from is not None:
+                argv += ["--init-from", str(init_from)]
         started = time.perf_counter()
         with self._quiet():
             train.main(argv)
         (model_dir / "done").write_text(f"{time.perf_counter() - started:.1f}\n")
         return best
+
+    def _resumable(self, latest: Path, planned: list[str]) -> bool:
+        """Whether ``latest`` is a checkpoint of this run's own schedule (same epochs, seed and data), so that
+        going on from it gives the run this invocation would train; any other (or unreadable) one is retrained."""
+        from utils.checkpoint import load_checkpoint
+
+        try:
+            config = load_checkpoint(latest, require=("config",))["config"]
+        except Exception:  # noqa: BLE001 (a checkpoint cut mid-write or of another version: train afresh)
+            return False
+        epochs = int(planned[0].split("=", 1)[1])
+        return (config.get("trainer", {}).get("args", {}).get("epochs") == epochs
+                and config.get("seed") == self.seed
+                and config.get("data_loader", {}).get("args", {}).get("data_dir") == str(self.data_dir))
 
     def train_log(self, method: str) -> str:
         config = json.loads(self.paths[method].read_text())

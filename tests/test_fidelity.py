@@ -86,3 +86,31 @@ def test_quick_mode_end_to_end(tmp_path):
     assert r["claims"][0][1] == "PASS"  # stage 1 does not diverge
     assert any("LNR z-scores" in line for line in r["lnr_log"])
     assert json.loads((tmp_path / "r.json").read_text())["results"]["cifar10_quick"]["claims"]
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_goes_on_from_its_latest_checkpoint(tmp_path):
+    """A run cut short (no ``done`` marker) resumes from latest.pth instead of starting over; a latest.pth of
+    another schedule is retrained."""
+    from benchmarks.fidelity import Runner
+
+    data = tmp_path / "data"
+    write_set(data, 10, train_per_class=100, test_per_class=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runner = Runner("tiny", data, tmp_path, num_classes=10, epochs=2, seed=0, device="cpu", verbose=False)
+        best = runner.train("softmax")
+        model_dir = best.parent
+        first_log = runner.train_log("softmax")
+        assert "epoch 2/2" in first_log
+        (model_dir / "done").unlink()  # as if the invocation had been cut after its last checkpoint
+        assert runner.train("softmax") == best and (model_dir / "done").exists()
+        resumed = runner.train_log("softmax")
+        assert resumed.startswith(first_log) and "Checkpoint is at epoch 2 of 2" in resumed[len(first_log):]
+        (model_dir / "done").unlink()
+        longer = Runner("tiny", data, tmp_path, num_classes=10, epochs=3, seed=0, device="cpu", verbose=False)
+        longer.train("softmax")  # another schedule: trained afresh, the old run's log is gone
+        assert "epoch 3/3" in longer.train_log("softmax") and "epoch 2/2" not in longer.train_log("softmax")
+    finally:
+        torch.set_num_threads(threads)
