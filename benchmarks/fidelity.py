@@ -358,7 +358,8 @@ def report(r: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the smallest set and a short schedule (CI)")
-    parser.add_argument("--epochs", type=int, help="epochs instead of the papers' 200 (default 30; --quick 16)")
+    parser.add_argument("--epochs", type=int, help="epochs instead of the papers' 200, the schedule scaled by N/200 (default: 200, the papers' own "
+                             "schedule; --quick 16)")
     parser.add_argument("--sets", help=f"comma-separated, of {', '.join(SETS)} (default: the two full sets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -379,7 +380,7 @@ def main(argv=None) -> dict:
 
         torch.set_num_threads(args.threads)
     if args.epochs is None:
-        args.epochs = 16 if args.quick else 30
+        args.epochs = 16 if args.quick else PAPER_EPOCHS
     names = ["cifar10_quick"] if args.quick else (args.sets.split(",") if args.sets else ["cifar10_like",
                                                                                           "cifar100_like"])
     unknown = [n for n in names if n not in SETS]
