@@ -358,8 +358,9 @@ def report(r: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the smallest set and a short schedule (CI)")
-    parser.add_argument("--epochs", type=int, help="epochs instead of the papers' 200, the schedule scaled by N/200 (default: 200, the papers' own "
-                             "schedule; --quick 16)")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs instead of the papers' 200, every schedule scaled by N/200 (default: 200, "
+                             "the papers' own schedule; --quick 16)")
     parser.add_argument("--sets", help=f"comma-separated, of {', '.join(SETS)} (default: the two full sets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
