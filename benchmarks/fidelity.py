@@ -17,7 +17,8 @@ Only the data (``data_dir``, ``download false``, the generated set's size) and t
 sets every config's epochs to ``ceil(E * N / 200)`` (E its own epochs: 200 for stage 1 and the one-stage
 methods, 10 for MiSLAS stage 2, 100 for LNR stage 2), but a stage 2 keeps at least ``min(E, 10)`` (it trains only
 the classifier, so it is cheap, and one epoch of a few batches would re-learn nothing), and scales the milestones
-and warm-up by the same factor.
+by the same factor. The warm-up keeps its epochs (at most a quarter of the run): it is there for the first steps,
+and the per-epoch warm-up scaled to one epoch would start at the full lr.
 Checkpoints are scored with ``test_all.py``'s functions (``trainer_for_checkpoint``, ``evaluate_all``; the
 PRL sweep through ``--preference``'s ``configure_inference``) and test-time training with ``test_training.main``
 on the SADE checkpoint and configs/experts/test_time_cifar100.json (the CIFAR test-time recipe). Many/medium/few
@@ -100,7 +101,10 @@ def schedule_overrides(config: dict, epochs: int) -> list[str]:
         milestones = sorted({min(new - 1, max(1, round(m * new / own))) for m in args["milestones"]})
         sets.append(f"lr_scheduler.args.milestones={json.dumps(milestones)}")
     if args.get("warmup_epochs"):
-        sets.append(f"lr_scheduler.args.warmup_epochs={max(1, round(args['warmup_epochs'] * new / own))}")
+        # not scaled: the warm-up protects the first steps whatever the schedule's length (scaled to one epoch, the
+        # per-epoch warm-up would start at the full lr, i.e. vanish); only a short run shortens it, to a quarter
+        warmup = min(args["warmup_epochs"], max(1, new // 4))
+        sets.append(f"lr_scheduler.args.warmup_epochs={warmup}")
     if "total_epochs" in args:
         sets.append(f"lr_scheduler.args.total_epochs={new}")
     return sets

@@ -43,7 +43,10 @@ def test_generation_is_deterministic_and_class_specific():
 def test_schedule_scaling():
     stage1 = json.loads(config_paths(10)["stage1"].read_text())
     assert schedule_overrides(stage1, 30) == ["trainer.args.epochs=30", "lr_scheduler.args.milestones=[24, 27]",
-                                              "lr_scheduler.args.warmup_epochs=1"]
+                                              "lr_scheduler.args.warmup_epochs=5"]
+    assert schedule_overrides(stage1, 8)[-1] == "lr_scheduler.args.warmup_epochs=2"  # a quarter of a short run
+    assert schedule_overrides(stage1, 200) == ["trainer.args.epochs=200", "lr_scheduler.args.milestones=[160, 180]",
+                                               "lr_scheduler.args.warmup_epochs=5"]  # the paper's own schedule
     mislas = json.loads(config_paths(10)["mislas"].read_text())
     assert schedule_overrides(mislas, 30) == ["trainer.args.epochs=10"]  # ceil(1.5), but a stage 2 keeps 10
     lnr = json.loads(config_paths(100)["lnr"].read_text())
