@@ -87,13 +87,18 @@ def config_paths(num_classes: int) -> dict[str, Path]:
             "ttt": ROOT / "configs/experts/test_time_cifar100.json"}
 
 
-def schedule_overrides(config: dict, epochs: int) -> list[str]:
-    """``--set`` values that shorten ``config``'s schedule to ``epochs`` of the papers' 200, proportionally."""
+def scaled_epochs(config: dict, epochs: int) -> int:
+    """``config``'s epochs on a schedule of ``epochs`` of the papers' 200 (a stage 2 keeps a few)."""
     own = config["trainer"]["args"]["epochs"]
-    factor = epochs / PAPER_EPOCHS
-    new = max(1, math.ceil(own * factor))
+    new = max(1, math.ceil(own * epochs / PAPER_EPOCHS))
     if own < PAPER_EPOCHS:  # a stage 2 (classifier only): cheap, and a one-epoch stage 2 would re-learn nothing
         new = max(new, min(own, STAGE2_MIN_EPOCHS))
+    return new
+
+
+def schedule_overrides(config: dict, epochs: int) -> list[str]:
+    """``--set`` values that shorten ``config``'s schedule to ``epochs`` of the papers' 200, proportionally."""
+    own, new = config["trainer"]["args"]["epochs"], scaled_epochs(config, epochs)
     sets = [f"trainer.args.epochs={new}"]
     sched = config.get("lr_scheduler") or {}
     args = sched.get("args") or {}
@@ -124,64 +129,68 @@ class Runner:
     def _quiet(self):
         return contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
 
+    def _run(self, method: str) -> tuple[dict, Path, Path]:
+        """``method``'s config and this run's model and log directories (where train.py puts them)."""
+        config = json.loads(self.paths[method].read_text())
+        saved = self.work / "saved"
+        return config, saved / "models" / config["name"] / self.run_id, saved / "log" / config["name"] / self.run_id
+
     def finished(self, method: str) -> Path | None:
         """``model_best.pth`` of a finished run of ``method`` on this set and seed, else None."""
-        config = json.loads(self.paths[method].read_text())
-        model_dir = self.work / "saved" / "models" / config["name"] / self.run_id
+        _, model_dir, _ = self._run(method)
         return model_dir / "model_best.pth" if (model_dir / "done").exists() else None
 
     def train(self, method: str, init_from: Path | None = None) -> Path:
         import train
 
-        path = self.paths[method]
-        config = json.loads(path.read_text())
-        model_dir = self.work / "saved" / "models" / config["name"] / self.run_id
+        config, model_dir, log_dir = self._run(method)
         best, latest = model_dir / "model_best.pth", model_dir / "latest.pth"
         if best.exists() and (model_dir / "done").exists():  # a finished run of an earlier invocation
             return best
-        planned = schedule_overrides(config, self.epochs)
-        if latest.exists() and self._resumable(latest, planned):
+        if latest.exists() and self._resumable(latest, scaled_epochs(config, self.epochs)):
             # an invocation cut short (a session ends, Ctrl-C): go on from its last finished epoch, so that a
             # full-schedule run can be spread over several invocations
             argv = ["-r", str(latest), "-d", self.device]
         else:
-            if model_dir.exists():
-                import shutil
+            import shutil
 
-                shutil.rmtree(model_dir)
-                shutil.rmtree(self.work / "saved" / "log" / config["name"] / self.run_id, ignore_errors=True)
-            argv = ["-c", str(path), "--run-id", self.run_id, "--seed", str(self.seed), "-d", self.device,
-                    "--set", f"data_loader.args.data_dir={json.dumps(str(self.data_dir))}",
-                    "--set", "data_loader.args.download=false",
-                    "--set", f"trainer.args.save_dir={json.dumps(str(self.work / 'saved'))}",
-                    "--set", "trainer.args.tensorboard=false", "--set", "trainer.args.progress_bar=false"]
-            for value in planned:
-                argv += ["--set", value]
-            if init_from is not None:
-                argv += ["--init-from", str(init_from)]
+            shutil.rmtree(model_dir, ignore_errors=True)
+            shutil.rmtree(log_dir, ignore_errors=True)
+            argv = self._fresh_argv(method, config, init_from)
         started = time.perf_counter()
         with self._quiet():
             train.main(argv)
         (model_dir / "done").write_text(f"{time.perf_counter() - started:.1f}\n")
         return best
 
-    def _resumable(self, latest: Path, planned: list[str]) -> bool:
-        """Whether ``latest`` is a checkpoint of this run's own schedule (same epochs, seed and data), so that
-        going on from it gives the run this invocation would train; any other (or unreadable) one is retrained."""
+    def _fresh_argv(self, method: str, config: dict, init_from: Path | None) -> list[str]:
+        """train.py's arguments for a new run of ``method``: the config file, this set's data, the scaled schedule."""
+        argv = ["-c", str(self.paths[method]), "--run-id", self.run_id, "--seed", str(self.seed), "-d", self.device,
+                "--set", f"data_loader.args.data_dir={json.dumps(str(self.data_dir))}",
+                "--set", "data_loader.args.download=false",
+                "--set", f"trainer.args.save_dir={json.dumps(str(self.work / 'saved'))}",
+                "--set", "trainer.args.tensorboard=false", "--set", "trainer.args.progress_bar=false"]
+        for value in schedule_overrides(config, self.epochs):
+            argv += ["--set", value]
+        if init_from is not None:
+            argv += ["--init-from", str(init_from)]
+        return argv
+
+    def _resumable(self, latest: Path, epochs: int) -> bool:
+        """Whether ``latest`` is a checkpoint of this run's own schedule (``epochs``, seed and data), so that going
+        on from it gives the run this invocation would train; any other (or unreadable) one is retrained."""
         from utils.checkpoint import load_checkpoint
 
         try:
             config = load_checkpoint(latest, require=("config",))["config"]
         except Exception:  # noqa: BLE001 (a checkpoint cut mid-write or of another version: train afresh)
             return False
-        epochs = int(planned[0].split("=", 1)[1])
         return (config.get("trainer", {}).get("args", {}).get("epochs") == epochs
                 and config.get("seed") == self.seed
                 and config.get("data_loader", {}).get("args", {}).get("data_dir") == str(self.data_dir))
 
     def train_log(self, method: str) -> str:
-        config = json.loads(self.paths[method].read_text())
-        log = self.work / "saved" / "log" / config["name"] / self.run_id / "train.log"
+        log = self._run(method)[2] / "train.log"
         return log.read_text() if log.exists() else ""
 
     def score(self, checkpoint: Path, preference=None) -> dict:

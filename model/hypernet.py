@@ -172,4 +172,3 @@ def earlier_form_hint(missing: list[str], unexpected: list[str]) -> str:
                 "scale is read through the bounded conditioning, so results can differ slightly from before")
     return ('a hypernetwork checkpoint of the residual heads\' earlier "tanh" offset: evaluate it with --set '
             "arch.args.hypernet.offset=tanh")
-
